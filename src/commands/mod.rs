@@ -1,0 +1,85 @@
+//! One thin file per subcommand: load the config, call into the library, map the result
+//! to an exit status. Anything longer belongs in a library module.
+
+pub mod check_config;
+pub mod generate;
+pub mod kill_all;
+pub mod recover;
+pub mod run;
+pub mod simulated;
+pub mod status;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use crate::cli::{Cli, Command, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, Overrides};
+use crate::exit::ExitStatus;
+use crate::fsutil;
+
+/// Run the parsed command line.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    let globals = Globals {
+        config: cli.config,
+        state_dir: cli.state_dir,
+    };
+    match cli.command {
+        Command::Run(args) => run::run(&globals, args).await,
+        Command::Status(args) => status::status(&globals, args),
+        Command::CheckConfig => check_config::check_config(&globals),
+        Command::Recover(args) => recover::recover(&globals, args).await,
+        Command::KillAll(args) => kill_all::kill_all(&globals, args).await,
+        Command::Generate(args) => generate::generate(args),
+        Command::Simulated(args) => simulated::simulated(&globals, args),
+    }
+}
+
+/// Options every command shares.
+#[derive(Debug)]
+pub struct Globals {
+    config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+impl Globals {
+    /// Load and validate the config with these overrides (state dir comes from globals).
+    pub fn load(&self, mut overrides: Overrides) -> Result<Config, crate::config::ConfigError> {
+        overrides.state_dir = self.state_dir.clone();
+        let (path, explicit) = match &self.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        Config::load(&path, explicit, &overrides)
+    }
+}
+
+/// Send logs to stderr (above the live status line) and, if configured and possible, to
+/// `{state_dir}/vmpilot.log`. `RUST_LOG` overrides the configured level.
+pub fn init_logging(config: &Config) {
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(|| crate::progress::LogWriter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_filter(filter());
+    let file = config.log.file.then(|| {
+        fsutil::ensure_private_dir(&config.state_dir)
+            .and_then(|_| fsutil::open_private_append(&config.state_dir.join("vmpilot.log")))
+            .ok()
+    });
+    let file_layer = file.flatten().map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .with_target(false)
+            .with_filter(filter())
+    });
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file_layer)
+        .try_init();
+}

@@ -1,0 +1,545 @@
+//! The config file: `RawConfig` is what the user wrote, `Config` is what vmpilot runs with.
+//!
+//! The raw layer only checks what the user typed (unknown keys, wrong types, bad units);
+//! `Config::resolve` checks values against each other and against the environment that
+//! can be known without touching the host. Both fail before anything on the node changes,
+//! and every error names the file, the key and what to do.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Duration, MemSize};
+
+/// Default state directory: lease records, spool, simulated host, logs.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmpilot";
+
+/// A config problem the user has to fix. Exit status: usage/config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error(
+        "cannot read config {path}: {source}\n\nhint: check the path and its permissions, or pass --config"
+    )]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config {path}: {detail}\nhint: every key and its default is listed in docs/config.md")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// toml's message, which names the key and line.
+        detail: String,
+    },
+    /// A value is well-formed but impossible.
+    #[error("config {path}: key `{key}`: {problem}\n\nhint: {hint}")]
+    Invalid {
+        /// The config path (or `<command line>` for flags).
+        path: PathBuf,
+        /// The dotted key, e.g. `lease.grace`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        hint: String,
+    },
+}
+
+/// Which hypervisor backend hosts the guests.
+#[derive(Serialize, Deserialize, clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostBackend {
+    /// A file-backed stand-in for a hypervisor, for trying vmpilot out and for fast tests.
+    Simulated,
+    /// libvirt (KVM/QEMU).
+    Libvirt,
+    /// Xen through `xl`.
+    Xen,
+}
+
+impl fmt::Display for HostBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostBackend::Simulated => "simulated",
+            HostBackend::Libvirt => "libvirt",
+            HostBackend::Xen => "xen",
+        })
+    }
+}
+
+/// What happens to a lease's guests when the lease ends.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnreservePolicy {
+    /// ACPI shutdown, destroy what still runs when the grace is used up.
+    Shutdown,
+    /// Save the guest's memory to disk so it can be resumed elsewhere.
+    Suspend,
+    /// Stop at once.
+    Destroy,
+}
+
+/// The file as written. Unknown keys are errors (a typo must not silently fall back to a
+/// default on a production node).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    state_dir: Option<PathBuf>,
+    node_name: Option<String>,
+    lease: RawLease,
+    host: RawHost,
+    coordinator: RawCoordinator,
+    log: RawLog,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLease {
+    grace: Option<Duration>,
+    lock_timeout: Option<Duration>,
+    max_guests: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawHost {
+    backend: Option<HostBackend>,
+    on_unreserve: Option<UnreservePolicy>,
+    exclusive: Option<bool>,
+    host_reserve: Option<MemSize>,
+    guest_overhead: Option<MemSize>,
+    simulated: RawSimulated,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSimulated {
+    memory: Option<MemSize>,
+    cpus: Option<u32>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCoordinator {
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    timeout: Option<Duration>,
+    allow_plain_http: Option<bool>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    file: Option<bool>,
+    level: Option<String>,
+}
+
+/// The validated config every command runs with.
+#[derive(Serialize, Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (`<defaults>` when no file was read).
+    #[serde(skip)]
+    pub source: PathBuf,
+    /// Lease records, spool, simulated host state and logs live here.
+    pub state_dir: PathBuf,
+    /// This node's name in events and status; the short hostname by default.
+    pub node_name: String,
+    /// Lease settings.
+    pub lease: LeaseConfig,
+    /// Host backend settings.
+    pub host: HostConfig,
+    /// Coordinator settings; `None` when no coordinator is configured (events are logged only).
+    pub coordinator: Option<CoordinatorConfig>,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+/// `[lease]`.
+#[derive(Serialize, Debug, Clone)]
+pub struct LeaseConfig {
+    /// Time before the deadline at which unreserving starts, so guests stop in time.
+    pub grace: Duration,
+    /// How long to wait for the node lock before giving up with the holder's name.
+    pub lock_timeout: Duration,
+    /// Guests one lease may run; each costs `host.guest_overhead` in admission.
+    pub max_guests: u32,
+}
+
+/// `[host]`.
+#[derive(Serialize, Debug, Clone)]
+pub struct HostConfig {
+    /// Which backend.
+    pub backend: HostBackend,
+    /// What happens to guests at lease end.
+    pub on_unreserve: UnreservePolicy,
+    /// Every guest on the host belongs to the (single) lease.
+    pub exclusive: bool,
+    /// Memory never handed to guests (host OS, batch daemons).
+    pub host_reserve: MemSize,
+    /// Hypervisor overhead counted per guest (QEMU's own memory, page tables).
+    pub guest_overhead: MemSize,
+    /// The simulated host's size.
+    pub simulated: SimulatedConfig,
+}
+
+/// `[host.simulated]`.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct SimulatedConfig {
+    /// Total memory of the pretend host.
+    pub memory: MemSize,
+    /// CPUs of the pretend host.
+    pub cpus: u32,
+}
+
+/// `[coordinator]`, present only when a URL is set.
+#[derive(Serialize, Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// Base URL; events go to `{url}/v1/events`.
+    pub url: String,
+    /// File holding the shared HMAC secret (first line).
+    pub secret_file: PathBuf,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+/// `[log]`.
+#[derive(Serialize, Debug, Clone)]
+pub struct LogConfig {
+    /// Also append logs to `{state_dir}/vmpilot.log` (batch systems often cut job output).
+    pub file: bool,
+    /// Default level filter (`RUST_LOG` overrides).
+    pub level: String,
+}
+
+impl RawConfig {
+    /// Parse TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Read the file. A missing file is fine only at the default path (built-in defaults).
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(RawConfig::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Overrides from global flags that apply to every command.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--host`.
+    pub backend: Option<HostBackend>,
+    /// `--coordinator`.
+    pub coordinator_url: Option<String>,
+    /// `--grace`.
+    pub grace: Option<Duration>,
+}
+
+impl Config {
+    /// Validate `raw`, apply flag overrides, and fill in defaults.
+    pub fn resolve(raw: RawConfig, source: &Path, o: &Overrides) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, problem: String, hint: &str| ConfigError::Invalid {
+            path: source.to_path_buf(),
+            key: key.to_string(),
+            problem,
+            hint: hint.to_string(),
+        };
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or(raw.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(invalid(
+                "state_dir",
+                format!("`{}` is not an absolute path", state_dir.display()),
+                "use an absolute path such as /var/lib/vmpilot",
+            ));
+        }
+        let node_name = match raw.node_name {
+            Some(n) if n.trim().is_empty() => {
+                return Err(invalid(
+                    "node_name",
+                    "is empty".into(),
+                    "remove the key to use the hostname",
+                ));
+            }
+            Some(n) => n,
+            None => short_hostname(),
+        };
+        let lease = resolve_lease(raw.lease, o, &invalid)?;
+        let host = resolve_host(raw.host, o, &invalid)?;
+        let url = o.coordinator_url.clone().or(raw.coordinator.url.clone());
+        let coordinator = match url.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => Some(resolve_coordinator(url, raw.coordinator, &invalid)?),
+        };
+        let log = LogConfig {
+            file: raw.log.file.unwrap_or(true),
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log filter", log.level),
+                "use error, warn, info, debug or trace",
+            ));
+        }
+        Ok(Config {
+            source: source.to_path_buf(),
+            state_dir,
+            node_name,
+            lease,
+            host,
+            coordinator,
+            log,
+        })
+    }
+
+    /// Read, parse and resolve in one step (what every command does first).
+    pub fn load(path: &Path, explicit: bool, o: &Overrides) -> Result<Config, ConfigError> {
+        let raw = RawConfig::load(path, explicit)?;
+        Config::resolve(raw, path, o)
+    }
+}
+
+type Invalid<'a> = dyn Fn(&str, String, &str) -> ConfigError + 'a;
+
+fn resolve_lease(
+    raw: RawLease,
+    o: &Overrides,
+    invalid: &Invalid,
+) -> Result<LeaseConfig, ConfigError> {
+    let grace = o.grace.or(raw.grace).unwrap_or(Duration::from_secs(60));
+    if grace.get().is_zero() {
+        return Err(invalid(
+            "lease.grace",
+            "is zero: guests would get no time to stop".into(),
+            "set a grace of a few seconds at least, e.g. grace = \"30s\"",
+        ));
+    }
+    let max_guests = raw.max_guests.unwrap_or(4);
+    if max_guests == 0 {
+        return Err(invalid(
+            "lease.max_guests",
+            "is zero".into(),
+            "a lease must be allowed at least one guest",
+        ));
+    }
+    Ok(LeaseConfig {
+        grace,
+        lock_timeout: raw.lock_timeout.unwrap_or(Duration::from_secs(30)),
+        max_guests,
+    })
+}
+
+fn resolve_host(raw: RawHost, o: &Overrides, invalid: &Invalid) -> Result<HostConfig, ConfigError> {
+    let simulated = SimulatedConfig {
+        memory: raw.simulated.memory.unwrap_or(MemSize(16 * 1024)),
+        cpus: raw.simulated.cpus.unwrap_or(8),
+    };
+    let host_reserve = raw.host_reserve.unwrap_or(MemSize(1024));
+    let backend = o.backend.or(raw.backend).unwrap_or(HostBackend::Libvirt);
+    if backend == HostBackend::Simulated {
+        if simulated.memory <= host_reserve {
+            return Err(invalid(
+                "host.simulated.memory",
+                format!(
+                    "{} is not more than host.host_reserve ({host_reserve}): nothing is left for guests",
+                    simulated.memory
+                ),
+                "raise host.simulated.memory or lower host.host_reserve",
+            ));
+        }
+        if simulated.cpus == 0 {
+            return Err(invalid(
+                "host.simulated.cpus",
+                "is zero".into(),
+                "give the simulated host at least one CPU",
+            ));
+        }
+    }
+    Ok(HostConfig {
+        backend,
+        on_unreserve: raw.on_unreserve.unwrap_or(UnreservePolicy::Shutdown),
+        exclusive: raw.exclusive.unwrap_or(false),
+        host_reserve,
+        guest_overhead: raw.guest_overhead.unwrap_or(MemSize(128)),
+        simulated,
+    })
+}
+
+fn resolve_coordinator(
+    url: String,
+    raw: RawCoordinator,
+    invalid: &Invalid,
+) -> Result<CoordinatorConfig, ConfigError> {
+    let parsed = reqwest::Url::parse(&url).map_err(|e| {
+        invalid(
+            "coordinator.url",
+            format!("`{url}` is not a URL: {e}"),
+            "write it like https://cloud.example.org:8443",
+        )
+    })?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback || raw.allow_plain_http.unwrap_or(false) => {}
+        "http" => {
+            return Err(invalid(
+                "coordinator.url",
+                format!(
+                    "`{url}` is plain HTTP to a remote host: signed events would travel in clear"
+                ),
+                "use https://, or set coordinator.allow_plain_http = true on a trusted network",
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "coordinator.url",
+                format!("scheme `{other}` is not supported"),
+                "use https:// (or http:// on loopback)",
+            ));
+        }
+    }
+    let Some(secret_file) = raw.secret_file else {
+        return Err(invalid(
+            "coordinator.secret_file",
+            "is missing: events must be signed".into(),
+            "point it at a file (mode 0600) holding the site's shared secret",
+        ));
+    };
+    Ok(CoordinatorConfig {
+        url: url.trim_end_matches('/').to_string(),
+        secret_file,
+        timeout: raw.timeout.unwrap_or(Duration::from_secs(5)),
+    })
+}
+
+/// The node's short host name, as Slurm's `SlurmdNodeName` defaults to.
+pub fn short_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.split('.').next().unwrap_or_default().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<Config, ConfigError> {
+        let path = Path::new("/etc/vmpilot/vmpilot.toml");
+        Config::resolve(RawConfig::parse(text, path)?, path, &Overrides::default())
+    }
+
+    fn err(text: &str) -> String {
+        resolve(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(c.host.backend, HostBackend::Libvirt);
+        assert_eq!(c.host.on_unreserve, UnreservePolicy::Shutdown);
+        assert_eq!(c.lease.grace, Duration::from_secs(60));
+        assert!(c.coordinator.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("[lease]\ngrase = \"10s\"\n");
+        assert!(e.contains("grase"), "{e}");
+        assert!(e.contains("/etc/vmpilot/vmpilot.toml"), "{e}");
+        assert!(e.contains("docs/config.md"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = err("[host]\nexclusive = \"yes\"\n");
+        assert!(e.contains("exclusive"), "{e}");
+        let e = err("[host]\nbackend = \"vmware\"\n");
+        assert!(e.contains("vmware"), "{e}");
+        let e = err("[lease]\ngrace = \"soon\"\n");
+        assert!(e.contains("soon") && e.contains("grace"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_rejected_with_key_and_hint() {
+        let e = err("state_dir = \"relative/dir\"\n");
+        assert!(e.contains("`state_dir`") && e.contains("hint:"), "{e}");
+        let e = err("[lease]\ngrace = 0\n");
+        assert!(e.contains("`lease.grace`"), "{e}");
+        let e = err(
+            "[host]\nbackend = \"simulated\"\nhost_reserve = \"2G\"\n[host.simulated]\nmemory = \"1G\"\n",
+        );
+        assert!(e.contains("`host.simulated.memory`"), "{e}");
+    }
+
+    #[test]
+    fn coordinator_needs_a_secret_and_safe_transport() {
+        let e = err("[coordinator]\nurl = \"https://c.example\"\n");
+        assert!(e.contains("secret_file"), "{e}");
+        let e = err("[coordinator]\nurl = \"http://c.example\"\nsecret_file = \"/s\"\n");
+        assert!(e.contains("plain HTTP"), "{e}");
+        let ok = resolve("[coordinator]\nurl = \"http://127.0.0.1:9/\"\nsecret_file = \"/s\"\n")
+            .unwrap();
+        assert_eq!(ok.coordinator.unwrap().url, "http://127.0.0.1:9");
+        let e = err("[coordinator]\nurl = \"ftp://x\"\nsecret_file = \"/s\"\n");
+        assert!(e.contains("ftp"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = Path::new("/x.toml");
+        let raw = RawConfig::parse("[host]\nbackend = \"xen\"\n", path).unwrap();
+        let o = Overrides {
+            backend: Some(HostBackend::Simulated),
+            grace: Some(Duration::from_secs(5)),
+            ..Default::default()
+        };
+        let c = Config::resolve(raw, path, &o).unwrap();
+        assert_eq!(c.host.backend, HostBackend::Simulated);
+        assert_eq!(c.lease.grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../docs/vmpilot.example.toml");
+        resolve(text).unwrap();
+    }
+
+    #[test]
+    fn missing_file_is_an_error_only_when_explicit() {
+        let p = Path::new("/nonexistent/vmpilot.toml");
+        assert!(RawConfig::load(p, false).is_ok());
+        let e = RawConfig::load(p, true).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/vmpilot.toml"), "{e}");
+    }
+}

@@ -1,0 +1,241 @@
+//! `Vmpilot-Signature: t=<unix_time>,v1=<hex HMAC-SHA256 of "{t}.{body}">`.
+//!
+//! The timestamp is inside the MAC so a captured request cannot be replayed outside the
+//! receiver's window; several secrets may be accepted at once so a site can rotate its
+//! secret without a flag day. Comparison is constant-time (`Mac::verify_slice`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// The header carrying the signature.
+pub const SIGNATURE_HEADER: &str = "Vmpilot-Signature";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A shared secret. Its `Debug` never shows the bytes, so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// A secret file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Unreadable.
+    #[error(
+        "cannot read coordinator secret {path}: {source}\n\nhint: check `coordinator.secret_file` and that this user may read it"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Readable by everyone.
+    #[error(
+        "coordinator secret {path} is readable by every user (mode {mode:o})\n\nhint: chmod 600 {path}"
+    )]
+    WorldReadable {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Empty or too short.
+    #[error(
+        "coordinator secret {path} is shorter than 16 bytes\n\nhint: generate one with `openssl rand -hex 32 > {path}`"
+    )]
+    TooShort {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl Secret {
+    /// Wrap raw bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    /// Read the first line of `path`, refusing a world-readable or trivially short secret.
+    pub fn from_file(path: &Path) -> Result<Secret, SecretError> {
+        use std::os::unix::fs::PermissionsExt;
+        let read_err = |source| SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mode = std::fs::metadata(path)
+            .map_err(read_err)?
+            .permissions()
+            .mode();
+        if mode & 0o004 != 0 {
+            return Err(SecretError::WorldReadable {
+                path: path.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let line = text.lines().next().unwrap_or("").trim();
+        if line.len() < 16 {
+            return Err(SecretError::TooShort {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Secret(line.as_bytes().to_vec()))
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        HmacSha256::new_from_slice(&self.0).expect("hmac takes any key length")
+    }
+}
+
+/// Why a signature was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    /// Header missing or not `t=...,v1=...`.
+    #[error("malformed or missing {SIGNATURE_HEADER} header")]
+    Malformed,
+    /// Timestamp outside the accepted window.
+    #[error("signature timestamp {t} is outside the accepted window of {window}s around {now}")]
+    Stale {
+        /// The signed time.
+        t: i64,
+        /// Our time.
+        now: i64,
+        /// The window, seconds.
+        window: i64,
+    },
+    /// No configured secret produces this MAC.
+    #[error("signature does not match")]
+    Mismatch,
+}
+
+/// The header value for `body` signed at unix time `t`.
+pub fn sign(secret: &Secret, t: i64, body: &[u8]) -> String {
+    let mut mac = secret.mac();
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Check a header against any of `secrets`, within `window` seconds of `now`.
+pub fn verify(
+    secrets: &[Secret],
+    header: &str,
+    body: &[u8],
+    now: i64,
+    window: i64,
+) -> Result<(), SignatureError> {
+    let mut t = None;
+    let mut macs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => macs.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?),
+            _ => return Err(SignatureError::Malformed),
+        }
+    }
+    let t = t.ok_or(SignatureError::Malformed)?;
+    if macs.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    if (now - t).abs() > window {
+        return Err(SignatureError::Stale { t, now, window });
+    }
+    for secret in secrets {
+        for given in &macs {
+            let mut mac = secret.mac();
+            mac.update(t.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            if mac.verify_slice(given).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(SignatureError::Mismatch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer() {
+        // HMAC-SHA256(key="secret-secret-secret", "1700000000.{}"), computed independently
+        // with `printf '1700000000.{}' | openssl dgst -sha256 -hmac secret-secret-secret`.
+        let h = sign(&Secret::new("secret-secret-secret"), 1_700_000_000, b"{}");
+        assert_eq!(
+            h,
+            "t=1700000000,v1=9abb7ec2de5533bf35e03b3947b220889dd81b1238d43182a426463aafcc6e8c"
+        );
+    }
+
+    #[test]
+    fn verify_accepts_rotation_and_rejects_tampering_and_replay() {
+        let old = Secret::new("old-secret-0123456789");
+        let new = Secret::new("new-secret-0123456789");
+        let h = sign(&old, 1000, b"body");
+        assert_eq!(
+            verify(&[new.clone(), old.clone()], &h, b"body", 1010, 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify(std::slice::from_ref(&new), &h, b"body", 1010, 300),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(std::slice::from_ref(&old), &h, b"b0dy", 1010, 300),
+            Err(SignatureError::Mismatch)
+        );
+        assert!(matches!(
+            verify(std::slice::from_ref(&old), &h, b"body", 2000, 300),
+            Err(SignatureError::Stale { .. })
+        ));
+        for bad in ["", "t=1", "v1=00", "t=x,v1=00", "t=1,v1=zz", "nonsense"] {
+            assert_eq!(
+                verify(std::slice::from_ref(&old), bad, b"body", 1, 300),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2-hunter2-hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secret_files_must_be_private_and_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Secret::from_file(&p),
+            Err(SecretError::WorldReadable { .. })
+        ));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            Secret::from_file(&p).unwrap(),
+            Secret::new("0123456789abcdef0123")
+        );
+        std::fs::write(&p, "short\n").unwrap();
+        assert!(matches!(
+            Secret::from_file(&p),
+            Err(SecretError::TooShort { .. })
+        ));
+    }
+}

@@ -1,0 +1,209 @@
+//! The durable outbox: one atomically written file per event, removed only after the
+//! coordinator acknowledged it with a 2xx.
+//!
+//! Layout under `state_dir/spool` (0700): `<nanos>-<event id>.json`, delivered in name
+//! order (oldest first); `rejected/` keeps events the coordinator refused with a 4xx, so a
+//! poison event cannot block the queue and is still there for an admin to read.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::client::{CoordinatorClient, PostOutcome};
+use super::event::EventEnvelope;
+use crate::fsutil;
+
+/// Spool problems.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool directory or a file in it cannot be written.
+    #[error(
+        "cannot write to the event spool {path}: {source}\n\nhint: free space in the state directory"
+    )]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The spool directory cannot be read.
+    #[error("cannot read the event spool {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+/// What one delivery pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Acknowledged and removed.
+    pub delivered: usize,
+    /// Refused with a 4xx and moved to `rejected/`.
+    pub rejected: usize,
+    /// Still waiting.
+    pub remaining: usize,
+    /// Why the pass stopped early, if it did.
+    pub stopped_by: Option<String>,
+}
+
+/// Backlog figures for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    /// Events waiting.
+    pub pending: usize,
+    /// Age of the oldest, seconds.
+    pub oldest_age_secs: Option<u64>,
+    /// Events the coordinator refused.
+    pub rejected: usize,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+impl Spool {
+    /// Open (creating, 0700) `state_dir/spool`.
+    pub fn open(state_dir: &Path) -> Result<Spool, SpoolError> {
+        let dir = state_dir.join("spool");
+        for d in [dir.clone(), dir.join("rejected")] {
+            fsutil::ensure_private_dir(&d)
+                .map_err(|source| SpoolError::Write { path: d, source })?;
+        }
+        Ok(Spool { dir })
+    }
+
+    /// Durably add an event. Names sort by creation time, then by a process-local counter.
+    pub fn enqueue(&self, event: &EventEnvelope) -> Result<PathBuf, SpoolError> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{:024}-{n:06}-{}.json", now_nanos(), event.event_id);
+        let path = self.dir.join(name);
+        let bytes = serde_json::to_vec(event).expect("event serializes");
+        fsutil::write_atomic(&path, &bytes).map_err(|source| SpoolError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    /// Waiting events, oldest first.
+    pub fn pending(&self) -> Result<Vec<PathBuf>, SpoolError> {
+        list_json(&self.dir)
+    }
+
+    /// Backlog figures.
+    pub fn backlog(&self) -> Result<Backlog, SpoolError> {
+        let pending = self.pending()?;
+        let oldest_age_secs = pending.first().and_then(|p| {
+            let modified = fs::metadata(p).ok()?.modified().ok()?;
+            Some(SystemTime::now().duration_since(modified).ok()?.as_secs())
+        });
+        Ok(Backlog {
+            pending: pending.len(),
+            oldest_age_secs,
+            rejected: list_json(&self.dir.join("rejected"))?.len(),
+        })
+    }
+
+    /// Deliver waiting events in order until the spool is empty, the coordinator fails
+    /// transiently (the rest wait for the next pass, keeping order), or `until` passes.
+    /// Only one process delivers at a time; others wait for the delivery lock until `until`.
+    pub async fn deliver(&self, client: &CoordinatorClient, until: Instant) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+        let Some(_lock) = self.delivery_lock(until).await else {
+            report.stopped_by = Some("another process is delivering".into());
+            report.remaining = self.pending().map(|p| p.len()).unwrap_or(0);
+            return report;
+        };
+        let pending = match self.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                report.stopped_by = Some(e.to_string());
+                return report;
+            }
+        };
+        let total = pending.len();
+        for path in pending {
+            if Instant::now() >= until {
+                report.stopped_by = Some("time bound reached".into());
+                break;
+            }
+            let Ok(body) = fs::read(&path) else { continue };
+            let left = until.saturating_duration_since(Instant::now());
+            match client.post_event(&body, left).await {
+                PostOutcome::Accepted(_) => {
+                    let _ = fs::remove_file(&path);
+                    report.delivered += 1;
+                }
+                PostOutcome::Rejected {
+                    status,
+                    body: reply,
+                } => {
+                    tracing::error!(event = %path.display(), %status, reply = %reply, "coordinator rejected an event; kept in spool/rejected");
+                    if let Some(name) = path.file_name() {
+                        let _ = fs::rename(&path, self.dir.join("rejected").join(name));
+                    }
+                    report.rejected += 1;
+                }
+                PostOutcome::Transient(why) => {
+                    report.stopped_by = Some(why);
+                    break;
+                }
+            }
+        }
+        let _ = fsutil::sync_dir(&self.dir);
+        report.remaining = total - report.delivered - report.rejected;
+        report
+    }
+
+    async fn delivery_lock(&self, until: Instant) -> Option<File> {
+        let path = self.dir.join(".deliver.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok()?;
+        loop {
+            if file.try_lock().is_ok() {
+                return Some(file);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn list_json(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
+    let entries = fs::read_dir(dir).map_err(|source| SpoolError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}

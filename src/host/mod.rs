@@ -1,0 +1,169 @@
+//! The hypervisor boundary: one small trait, one implementation per backend.
+//!
+//! A backend switches the node into (and out of) hosting mode for one lease at a time,
+//! keeping each lease's share separate so several pilots can hold the node at once and each
+//! restores only its own. `reserve` returns the *baseline* — the exact host values before
+//! the change — which the pilot persists in the lease record; `release` takes it back, so
+//! a recovery in another process (after a crash or reboot) restores exactly the same values.
+//!
+//! Backends are chosen by config or flag only, never silently: `simulated` is a file-backed
+//! stand-in that behaves like the real ones (ownership, unreserve policies, failures on
+//! demand); `libvirt` and `xen` are real hypervisors.
+
+pub mod simulated;
+pub mod unreserve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, HostBackend};
+use crate::lease::record::LeaseId;
+
+/// Host problems. Exit status: host failure (or environment, when nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The lease does not fit; nothing was changed.
+    #[error(
+        "the host cannot give this lease what it asks: {detail}\n\nhint: ask for less (--memory/--cpus), or lower host.host_reserve / host.guest_overhead if they are too cautious"
+    )]
+    Admission {
+        /// The numbers.
+        detail: String,
+    },
+    /// The hypervisor cannot be reached.
+    #[error("host backend {backend} is not reachable: {detail}")]
+    Unreachable {
+        /// Backend name.
+        backend: HostBackend,
+        /// Why.
+        detail: String,
+    },
+    /// The backend is not available in this build.
+    #[error(
+        "host backend {backend} is not available in this build of vmpilot\n\nhint: use `[host] backend = \"simulated\"` to try vmpilot out"
+    )]
+    Unsupported {
+        /// Backend name.
+        backend: HostBackend,
+    },
+    /// An operation failed.
+    #[error("host operation `{op}` failed: {detail}")]
+    Operation {
+        /// What was attempted, e.g. `release lease a1`.
+        op: String,
+        /// Why it failed.
+        detail: String,
+    },
+    /// An operation took longer than its bound.
+    #[error("host operation `{op}` did not finish within {after:?}")]
+    Timeout {
+        /// What was attempted.
+        op: String,
+        /// The bound.
+        after: Duration,
+    },
+    /// A guest name is unknown to the hypervisor.
+    #[error("no guest named `{0}` on this host")]
+    NoSuchGuest(String),
+}
+
+/// What a lease asks of the host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaseShare {
+    /// The lease.
+    pub lease_id: LeaseId,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Memory for guests, MiB.
+    pub memory_mib: u64,
+    /// CPUs for guests.
+    pub cpus: u32,
+    /// Guests the lease may run (each costs `guest_overhead`).
+    pub max_guests: u32,
+}
+
+/// What the host has, for admission and `check-config`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// All memory, MiB.
+    pub total_memory_mib: u64,
+    /// Memory not yet given to any lease, MiB.
+    pub free_memory_mib: u64,
+    /// All CPUs.
+    pub total_cpus: u32,
+    /// CPUs not yet given to any lease.
+    pub free_cpus: u32,
+}
+
+/// The lease a guest belongs to, from its metadata.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GuestOwner {
+    /// Lease id.
+    pub lease_id: LeaseId,
+    /// Lease epoch the guest was started for.
+    pub epoch: u64,
+}
+
+/// A guest as the hypervisor reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Guest {
+    /// Domain name.
+    pub name: String,
+    /// Owner, when the guest carries vmpilot metadata.
+    pub owner: Option<GuestOwner>,
+    /// Running (or paused) rather than shut off.
+    pub running: bool,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+}
+
+/// The hypervisor operations a lease needs. Implementations are blocking; the pilot calls
+/// them off its async runtime and bounds each call.
+pub trait Host: Send + Sync {
+    /// Which backend this is.
+    fn backend(&self) -> HostBackend;
+    /// What the host has.
+    fn capacity(&self) -> Result<Capacity, HostError>;
+    /// Switch into hosting mode for `share`; returns the baseline to persist. Must change
+    /// nothing when it fails.
+    fn reserve(&self, share: &LeaseShare) -> Result<serde_json::Value, HostError>;
+    /// Give back `lease`'s share and verify the host is back at `baseline`. Idempotent:
+    /// releasing a lease that holds nothing succeeds.
+    fn release(
+        &self,
+        lease: &LeaseId,
+        baseline: Option<&serde_json::Value>,
+    ) -> Result<(), HostError>;
+    /// Every guest on the host.
+    fn guests(&self) -> Result<Vec<Guest>, HostError>;
+    /// Ask a guest to shut down (ACPI); returns at once.
+    fn shutdown_guest(&self, name: &str) -> Result<(), HostError>;
+    /// Stop a guest at once.
+    fn destroy_guest(&self, name: &str) -> Result<(), HostError>;
+    /// Save a guest's state to disk and stop it; returns where it was saved.
+    fn suspend_guest(&self, name: &str) -> Result<String, HostError>;
+}
+
+/// Does `guest` belong to `lease`? With `exclusive`, every guest on the host does.
+pub fn owned_by(guest: &Guest, lease: &LeaseId, exclusive: bool) -> bool {
+    exclusive || guest.owner.as_ref().is_some_and(|o| &o.lease_id == lease)
+}
+
+/// Open the configured backend.
+pub fn open(config: &Config) -> Result<Arc<dyn Host>, HostError> {
+    match config.host.backend {
+        HostBackend::Simulated => Ok(Arc::new(simulated::SimulatedHost::open(
+            &config.state_dir,
+            config.host.simulated,
+            config.host.host_reserve,
+            config.host.guest_overhead,
+        )?)),
+        backend @ (HostBackend::Libvirt | HostBackend::Xen) => {
+            Err(HostError::Unsupported { backend })
+        }
+    }
+}

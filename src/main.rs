@@ -1,0 +1,30 @@
+//! `vmpilot`: parse, run, exit. Errors are printed once, here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmpilot::cli::Cli;
+use vmpilot::exit::ExitStatus;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One thread is enough for a pilot; host calls that block run on tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmpilot: cannot start the async runtime: {e}");
+            return ExitCode::from(ExitStatus::Environment.code());
+        }
+    };
+    let status = match runtime.block_on(vmpilot::commands::dispatch(cli)) {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("vmpilot: {err:#}");
+            ExitStatus::from_error(&err)
+        }
+    };
+    ExitCode::from(status.code())
+}

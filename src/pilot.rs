@@ -1,0 +1,415 @@
+//! The pilot itself: claim the node for one lease, hold it until the deadline or a signal,
+//! give it back.
+//!
+//! Check, act, record — and record the intent before acting: `Reserving` is saved before
+//! the host is touched and `Unreserving` before guests are stopped, so a pilot killed at any
+//! point leaves a record `vmpilot recover` can finish. While reserved the pilot sleeps until
+//! the next timer or signal; it never polls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::coordinator::event::{EventBody, EventEnvelope};
+use crate::coordinator::outbox::Outbox;
+use crate::exit::{EnvironmentError, ExitStatus};
+use crate::host::{HostError, LeaseShare};
+use crate::kill_request::{self, KillRequest};
+use crate::lease::record::{LeaseId, LeaseRecord, RECORD_VERSION};
+use crate::lease::store::Store;
+use crate::lease::{EndReason, Event, LeaseState};
+use crate::process::ProcessIdentity;
+use crate::progress;
+use crate::release::Releaser;
+use crate::signals::{PilotSignal, Signals};
+
+/// The longest a reservation may take before it is treated as a host failure.
+const MAX_RESERVE_TIME: Duration = Duration::from_secs(120);
+
+/// Time allowed after the node is restored to hand the last events to the coordinator.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// What one pilot run asks for; built by `commands::run` from flags, config and the LRM.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// Lease id.
+    pub lease_id: LeaseId,
+    /// Memory for guests, MiB.
+    pub memory_mib: u64,
+    /// CPUs for guests.
+    pub cpus: u32,
+    /// Time from now to the deadline.
+    pub lifetime: Duration,
+    /// Grace before the deadline.
+    pub grace: Duration,
+    /// Batch job id.
+    pub job_id: Option<String>,
+}
+
+struct Pilot {
+    releaser: Releaser,
+    outbox: Arc<Outbox>,
+    signals: Signals,
+    record: LeaseRecord,
+    /// Monotonic deadline: wall-clock steps cannot move it.
+    deadline: Instant,
+    grace: Duration,
+    /// Set when an admin's kill-all ended this lease.
+    killed_by: Option<KillRequest>,
+}
+
+/// Run one lease to its end. Returns the exit status; errors are things that prevented the
+/// lease from starting (nothing changed) or a failure to persist state.
+pub async fn run(config: Config, request: LeaseRequest) -> anyhow::Result<ExitStatus> {
+    // Handlers first: a signal from now on is queued, never lost.
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    let store = Store::open(&config.state_dir)?;
+    let outbox = Outbox::open(&config)?;
+    let host = crate::host::open(&config)?;
+    let epoch = next_epoch(&store, &request.lease_id)?;
+    let now = OffsetDateTime::now_utc();
+    let record = LeaseRecord {
+        version: RECORD_VERSION,
+        lease_id: request.lease_id.clone(),
+        epoch,
+        state: LeaseState::Begin,
+        end_reason: None,
+        node: config.node_name.clone(),
+        job_id: request.job_id.clone(),
+        memory_mib: request.memory_mib,
+        cpus: request.cpus,
+        grace_secs: request.grace.as_secs(),
+        deadline: now + request.lifetime,
+        pilot: ProcessIdentity::current(),
+        host_backend: host.backend().to_string(),
+        baseline: None,
+        next_seq: 0,
+        guests: Vec::new(),
+        last_error: None,
+        history: Vec::new(),
+    };
+    store.save(&record)?;
+    tracing::info!(lease = %record.lease_id, epoch, job = ?record.job_id, deadline = %record.deadline, state = "begin", "lease created");
+    let delivery = tokio::spawn(outbox.clone().deliver_forever());
+    let mut pilot = Pilot {
+        releaser: Releaser {
+            config,
+            store,
+            host,
+        },
+        outbox: outbox.clone(),
+        signals,
+        record,
+        deadline: Instant::now() + request.lifetime,
+        grace: request.grace,
+        killed_by: None,
+    };
+    let result = pilot.drive().await;
+    progress::finish();
+    delivery.abort();
+    outbox.flush(FINAL_FLUSH).await;
+    result
+}
+
+/// A lease id may be reused once its previous lease is over; each reuse gets a new epoch.
+fn next_epoch(store: &Store, id: &LeaseId) -> anyhow::Result<u64> {
+    match store.load(id)? {
+        None => Ok(1),
+        Some(old) if old.state.is_terminal() && old.state != LeaseState::Failed => {
+            Ok(old.epoch + 1)
+        }
+        Some(old) => Err(EnvironmentError {
+            problem: format!(
+                "lease {id} already exists on this node in state `{}` (pilot pid {})",
+                old.state, old.pilot.pid
+            ),
+            hint: "use another --lease-id, or if that pilot is gone run `vmpilot recover`".into(),
+        }
+        .into()),
+    }
+}
+
+impl Pilot {
+    async fn drive(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(sig) = self.signals.try_recv() {
+            // Ended before it began: nothing to roll back.
+            let event = self.signal_event(&sig);
+            self.apply(&event)?;
+            return Ok(self.exit_status());
+        }
+        let lock_timeout = self.releaser.config.lease.lock_timeout.get();
+        let store = self.releaser.store.clone();
+        let holder = format!(
+            "pid {} reserving lease {}",
+            std::process::id(),
+            self.record.lease_id
+        );
+        let lock = match tokio::task::spawn_blocking(move || store.lock_node(lock_timeout, &holder))
+            .await?
+        {
+            Ok(lock) => lock,
+            Err(e) => {
+                self.record.last_error = Some(e.to_string());
+                self.apply(&Event::HostError)?;
+                return Err(e.into());
+            }
+        };
+        self.apply(&Event::Start)?;
+        let share = LeaseShare {
+            lease_id: self.record.lease_id.clone(),
+            epoch: self.record.epoch,
+            memory_mib: self.record.memory_mib,
+            cpus: self.record.cpus,
+            max_guests: self.releaser.config.lease.max_guests,
+        };
+        let host = self.releaser.host.clone();
+        let limit = self.time_to_unreserve().min(MAX_RESERVE_TIME);
+        let mut reserving = tokio::task::spawn_blocking(move || host.reserve(&share));
+        let reserved = match tokio::time::timeout(limit, &mut reserving).await {
+            Ok(joined) => joined,
+            Err(_) => return self.rollback_hung(reserving, lock, limit).await,
+        };
+        drop(lock);
+        match reserved {
+            Ok(Ok(baseline)) => {
+                self.record.baseline = Some(baseline);
+                self.releaser.store.save(&self.record)?;
+            }
+            Ok(Err(e)) => return self.rollback(e).await,
+            Err(join) => {
+                let e = HostError::Operation {
+                    op: "reserve".into(),
+                    detail: format!("host call panicked: {join}"),
+                };
+                return self.rollback(e).await;
+            }
+        }
+        // A signal that arrived while reserving rolls the reservation straight back.
+        if let Some(sig) = self.signals.try_recv() {
+            let event = self.signal_event(&sig);
+            return self.unreserve(event).await;
+        }
+        self.apply(&Event::ReservedOk)?;
+        self.emit(EventBody::Reserved {
+            memory_mib: self.record.memory_mib,
+            cpus: self.record.cpus,
+            deadline: self.record.deadline,
+            grace_secs: self.record.grace_secs,
+        })?;
+        let event = self.hold().await;
+        self.unreserve(event).await
+    }
+
+    /// Sleep until it is time to unreserve or a signal says so.
+    async fn hold(&mut self) -> Event {
+        progress::start(&self.record);
+        let unreserve_at = self
+            .deadline
+            .checked_sub(self.grace)
+            .unwrap_or(self.deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(unreserve_at.into()) => Event::Deadline,
+            sig = self.signals.recv() => match sig {
+                Some(sig) => self.signal_event(&sig),
+                None => Event::Deadline,
+            },
+        }
+    }
+
+    /// A termination signal while an admin's kill request stands is an admin kill.
+    fn signal_event(&mut self, sig: &PilotSignal) -> Event {
+        if let PilotSignal::Terminate(_) = sig
+            && let Some(request) = kill_request::current(&self.releaser.config.state_dir)
+        {
+            self.killed_by = Some(request);
+            return Event::AdminKill;
+        }
+        sig.event()
+    }
+
+    /// The reservation failed and changed nothing (the `Host` contract); release anyway,
+    /// since release is idempotent, then report the error to the caller.
+    async fn rollback(&mut self, error: HostError) -> anyhow::Result<ExitStatus> {
+        tracing::error!(lease = %self.record.lease_id, error = %error, "reservation failed; rolling back");
+        self.begin_rollback(&error)?;
+        self.finish_rollback(error).await
+    }
+
+    /// The reservation did not return in time. It may still land, so keep the node lock and
+    /// wait for it within the grace; if it never returns the host state is unknown and the
+    /// lease is marked failed rather than pretending the node is clean.
+    async fn rollback_hung(
+        &mut self,
+        reserving: tokio::task::JoinHandle<Result<serde_json::Value, HostError>>,
+        lock: crate::lease::store::NodeLock,
+        after: Duration,
+    ) -> anyhow::Result<ExitStatus> {
+        let error = HostError::Timeout {
+            op: "reserve".into(),
+            after,
+        };
+        tracing::error!(lease = %self.record.lease_id, error = %error, "reservation hangs; rolling back");
+        self.begin_rollback(&error)?;
+        let wait = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.grace);
+        match tokio::time::timeout(wait, reserving).await {
+            Ok(Ok(Ok(baseline))) => {
+                self.record.baseline = Some(baseline);
+                self.releaser.store.save(&self.record)?;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.record.last_error = Some(format!(
+                    "{error}; it never returned, so the host state is unknown"
+                ));
+                self.apply(&Event::HostError)?;
+                self.emit_end()?;
+                return Ok(ExitStatus::HostFailure);
+            }
+        }
+        drop(lock);
+        self.finish_rollback(error).await
+    }
+
+    fn begin_rollback(&mut self, error: &HostError) -> anyhow::Result<()> {
+        self.record.last_error = Some(error.to_string());
+        self.apply(&Event::HostError)?;
+        self.emit(EventBody::Unreserving {
+            reason: EndReason::HostError,
+            signal: None,
+        })
+    }
+
+    async fn finish_rollback(&mut self, error: HostError) -> anyhow::Result<ExitStatus> {
+        let budget = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.grace);
+        self.releaser
+            .finish(&mut self.record, budget, Arc::new(AtomicBool::new(true)))
+            .await?;
+        self.emit_end()?;
+        if self.record.state == LeaseState::Failed {
+            return Ok(ExitStatus::HostFailure);
+        }
+        Err(error.into())
+    }
+
+    /// End the lease: persist the intent, stop guests, restore the host, persist the end.
+    async fn unreserve(&mut self, event: Event) -> anyhow::Result<ExitStatus> {
+        progress::finish();
+        let signal = match &event {
+            Event::Terminate { signal } => Some(signal.clone()),
+            _ => None,
+        };
+        self.apply(&event)?;
+        self.emit(EventBody::Unreserving {
+            reason: self.record.end_reason.unwrap_or(EndReason::Deadline),
+            signal,
+        })?;
+        // What remains of the grace, never past the deadline.
+        let budget = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .min(self.grace);
+        let fast_kill = self.killed_by.as_ref().is_some_and(|k| k.is_fast());
+        let force = Arc::new(AtomicBool::new(fast_kill));
+        let releaser = self.releaser.clone();
+        let mut record = self.record.clone();
+        let flag = force.clone();
+        let finishing = async move {
+            let r = releaser.finish(&mut record, budget, flag).await;
+            (record, r)
+        };
+        tokio::pin!(finishing);
+        let (record, saved) = loop {
+            tokio::select! {
+                done = &mut finishing => break done,
+                Some(sig) = self.signals.recv() => {
+                    if let PilotSignal::Terminate(name) = sig {
+                        tracing::warn!(signal = name, "second termination signal: destroying guests now");
+                        force.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        };
+        self.record = record;
+        saved?;
+        self.emit_end()?;
+        Ok(self.exit_status())
+    }
+
+    fn exit_status(&self) -> ExitStatus {
+        let by_signal = matches!(
+            self.record.end_reason,
+            Some(EndReason::Terminated | EndReason::Admin)
+        );
+        match (self.record.state, by_signal) {
+            (LeaseState::Unreserved, true) => ExitStatus::SignalRestored,
+            (LeaseState::Unreserved, false) => ExitStatus::Success,
+            (_, true) => ExitStatus::SignalNotRestored,
+            (_, false) => ExitStatus::HostFailure,
+        }
+    }
+
+    fn time_to_unreserve(&self) -> Duration {
+        self.deadline
+            .checked_sub(self.grace)
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+            .max(Duration::from_secs(1))
+    }
+
+    /// Apply an event and persist the new state before anything acts on it.
+    fn apply(&mut self, event: &Event) -> anyhow::Result<LeaseState> {
+        let to = self.record.apply(event)?;
+        self.releaser.store.save(&self.record)?;
+        tracing::info!(
+            lease = %self.record.lease_id,
+            job = self.record.job_id.as_deref().unwrap_or("-"),
+            state = %to,
+            event = %event,
+            reason = self.record.end_reason.map(|r| r.as_str()).unwrap_or("-"),
+            "transition"
+        );
+        Ok(to)
+    }
+
+    fn emit(&mut self, body: EventBody) -> anyhow::Result<()> {
+        let event = EventEnvelope::new(&mut self.record, body);
+        self.releaser.store.save(&self.record)?;
+        self.outbox.emit(&event)?;
+        Ok(())
+    }
+
+    fn emit_end(&mut self) -> anyhow::Result<()> {
+        let guests = self.record.guests.clone();
+        let reason = self.record.end_reason;
+        let body = match self.record.state {
+            LeaseState::Unreserved => EventBody::Unreserved {
+                reason: reason.unwrap_or(EndReason::Deadline),
+                guests,
+            },
+            _ => EventBody::Failed {
+                reason,
+                error: self.record.last_error.clone().unwrap_or_default(),
+                guests,
+            },
+        };
+        self.emit(body)?;
+        if let Some(k) = self.killed_by.clone() {
+            self.emit(EventBody::Killed {
+                by: k.by,
+                why: k.why,
+                outcome: self.record.state,
+            })?;
+        }
+        Ok(())
+    }
+}

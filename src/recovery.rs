@@ -1,0 +1,181 @@
+//! Finishing leases whose pilot cannot: after a SIGKILL, a crash, a reboot, or an admin's
+//! kill-all.
+//!
+//! Recovery is not a special path: it loads each record, decides from the pilot's identity
+//! (pid, start time, boot id) whether the pilot is gone, and drives the lease to its end
+//! through the same `transition()` and the same [`Releaser`] the pilot uses. Running it
+//! twice is harmless: finished leases are skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::coordinator::event::{EventBody, EventEnvelope};
+use crate::coordinator::outbox::Outbox;
+use crate::lease::record::LeaseRecord;
+use crate::lease::{Event, LeaseState};
+use crate::release::Releaser;
+
+/// Which leases to look at.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only leases of this batch job.
+    pub job: Option<String>,
+    /// Boot time: every unfinished lease is dead whatever its pid says.
+    pub boot: bool,
+}
+
+/// Who ends the leases, and how.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// `vmpilot recover`: the pilot is gone.
+    PilotLost,
+    /// `vmpilot kill-all`: an admin says so.
+    Admin {
+        /// The admin's user name.
+        by: String,
+        /// The admin's reason.
+        why: String,
+        /// Destroy guests at once instead of following the unreserve policy.
+        force: bool,
+    },
+}
+
+/// What happened to one lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Lease id (or the record's file name when it could not be read).
+    pub lease: String,
+    /// State found.
+    pub from: Option<LeaseState>,
+    /// State left.
+    pub to: Option<LeaseState>,
+    /// `recovered`, `skipped: ...`, or the error.
+    pub note: String,
+}
+
+impl Outcome {
+    /// Did this lease end with the node not restored (or unreadable)?
+    pub fn is_failure(&self) -> bool {
+        self.to == Some(LeaseState::Failed) || self.to.is_none() && self.from.is_none()
+    }
+}
+
+/// Recover (or kill) every lease in `scope`. Never stops at the first failure.
+pub async fn recover_all(
+    releaser: &Releaser,
+    outbox: &Arc<Outbox>,
+    scope: &Scope,
+    trigger: &Trigger,
+    budget: Duration,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for entry in releaser.store.list()? {
+        let mut record = match entry {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable lease record");
+                outcomes.push(Outcome {
+                    lease: "?".into(),
+                    from: None,
+                    to: None,
+                    note: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if scope.job.is_some() && record.job_id != scope.job {
+            continue;
+        }
+        if let Some(o) = skip_reason(&record, scope, trigger) {
+            outcomes.push(o);
+            continue;
+        }
+        outcomes.push(recover_one(releaser, outbox, &mut record, trigger, budget).await?);
+    }
+    Ok(outcomes)
+}
+
+fn skip_reason(record: &LeaseRecord, scope: &Scope, trigger: &Trigger) -> Option<Outcome> {
+    let note = if record.state == LeaseState::Unreserved {
+        "already finished"
+    } else if !scope.boot && matches!(trigger, Trigger::PilotLost) && record.pilot.is_alive() {
+        "pilot still running"
+    } else {
+        return None;
+    };
+    Some(Outcome {
+        lease: record.lease_id.to_string(),
+        from: Some(record.state),
+        to: Some(record.state),
+        note: format!("skipped: {note}"),
+    })
+}
+
+async fn recover_one(
+    releaser: &Releaser,
+    outbox: &Arc<Outbox>,
+    record: &mut LeaseRecord,
+    trigger: &Trigger,
+    budget: Duration,
+) -> anyhow::Result<Outcome> {
+    let from = record.state;
+    let (event, force) = match trigger {
+        Trigger::PilotLost => (Event::PilotLost, false),
+        Trigger::Admin { force, .. } => (Event::AdminKill, *force),
+    };
+    let to = record.apply(&event)?;
+    releaser.store.save(record)?;
+    tracing::info!(lease = %record.lease_id, from = %from, state = %to, event = %event, "recovering");
+    if to == LeaseState::Unreserving {
+        releaser
+            .finish(record, budget, Arc::new(AtomicBool::new(force)))
+            .await?;
+    }
+    let outcome = record.state;
+    let body = match trigger {
+        Trigger::PilotLost => EventBody::Recovered {
+            outcome,
+            reason: record.end_reason,
+            guests: record.guests.clone(),
+        },
+        Trigger::Admin { by, why, .. } => EventBody::Killed {
+            by: by.clone(),
+            why: why.clone(),
+            outcome,
+        },
+    };
+    let event = EventEnvelope::new(record, body);
+    releaser.store.save(record)?;
+    outbox.emit(&event)?;
+    Ok(Outcome {
+        lease: record.lease_id.to_string(),
+        from: Some(from),
+        to: Some(outcome),
+        note: match outcome {
+            LeaseState::Unreserved => "restored".into(),
+            _ => record
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "not restored".into()),
+        },
+    })
+}
+
+/// A short table for humans.
+pub fn summary_table(outcomes: &[Outcome]) -> String {
+    let mut out = format!("{:<24} {:<12} {:<12} NOTE\n", "LEASE", "FROM", "TO");
+    for o in outcomes {
+        let show = |s: Option<LeaseState>| s.map(|s| s.to_string()).unwrap_or_else(|| "?".into());
+        out.push_str(&format!(
+            "{:<24} {:<12} {:<12} {}\n",
+            o.lease,
+            show(o.from),
+            show(o.to),
+            o.note.lines().next().unwrap_or("")
+        ));
+    }
+    out
+}

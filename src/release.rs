@@ -1,0 +1,168 @@
+//! Giving the node back for one lease: stop its guests, restore the host, record the end.
+//!
+//! The pilot, `recover` and `kill-all` all end leases here, so there is one way a node is
+//! restored. The caller has already moved the record to `Unreserving` and saved it (the
+//! intent); this finishes with `Unreserved` or `Failed`, saved, within `budget`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::host::{Host, HostError, owned_by, unreserve};
+use crate::lease::record::LeaseRecord;
+use crate::lease::store::{Store, StoreError};
+use crate::lease::{Event, LeaseState};
+
+/// Most time kept back from the budget for restoring the host after guests are stopped
+/// (at most a quarter of the budget).
+const RESTORE_SHARE: Duration = Duration::from_secs(2);
+
+/// Everything needed to end a lease.
+#[derive(Clone)]
+pub struct Releaser {
+    /// Validated config.
+    pub config: Config,
+    /// Lease records.
+    pub store: Store,
+    /// The hypervisor.
+    pub host: Arc<dyn Host>,
+}
+
+/// Run a blocking host call off the runtime, bounded by `limit`.
+pub async fn bounded<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> Result<T, HostError> + Send + 'static,
+) -> Result<T, HostError> {
+    let handle = tokio::task::spawn_blocking(f);
+    match tokio::time::timeout(limit, handle).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(HostError::Operation {
+            op: what.to_string(),
+            detail: format!("host call panicked: {join}"),
+        }),
+        Err(_) => Err(HostError::Timeout {
+            op: what.to_string(),
+            after: limit,
+        }),
+    }
+}
+
+impl Releaser {
+    /// Stop the lease's guests and restore the host. `record` must be `Unreserving`.
+    /// On return it is `Unreserved` or `Failed`, and saved.
+    pub async fn finish(
+        &self,
+        record: &mut LeaseRecord,
+        budget: Duration,
+        force: Arc<AtomicBool>,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(record.state, LeaseState::Unreserving);
+        let until = Instant::now() + budget.max(Duration::from_secs(1));
+        let result = self.stop_and_restore(record, until, force).await;
+        let event = match &result {
+            Ok(()) => Event::Restored,
+            Err(e) => {
+                record.last_error = Some(e.to_string());
+                Event::HostError
+            }
+        };
+        // Unreserving accepts both events, so this cannot fail.
+        let to = record
+            .apply(&event)
+            .expect("unreserving accepts restored and host-error");
+        self.store.save(record)?;
+        match &result {
+            Ok(()) => tracing::info!(lease = %record.lease_id, state = %to, "node restored"),
+            Err(e) => {
+                tracing::error!(lease = %record.lease_id, state = %to, error = %e, "node NOT restored")
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_and_restore(
+        &self,
+        record: &mut LeaseRecord,
+        until: Instant,
+        force: Arc<AtomicBool>,
+    ) -> Result<(), HostError> {
+        let left = || until.saturating_duration_since(Instant::now());
+        let keep = RESTORE_SHARE.min(left() / 4);
+        let guest_budget = left().saturating_sub(keep).max(Duration::from_millis(500));
+        let host = self.host.clone();
+        let guests = bounded("list guests", left(), move || host.guests()).await?;
+        let exclusive = self.config.host.exclusive;
+        let mine: Vec<_> = guests
+            .into_iter()
+            .filter(|g| owned_by(g, &record.lease_id, exclusive))
+            .collect();
+        if !mine.is_empty() {
+            let (host, policy) = (self.host.clone(), self.config.host.on_unreserve);
+            let stopping = tokio::task::spawn_blocking(move || {
+                unreserve::stop_guests(host.as_ref(), mine, policy, guest_budget, &force)
+            });
+            // stop_guests keeps to its budget unless the hypervisor itself hangs.
+            let limit = guest_budget + Duration::from_secs(1);
+            record.guests = match tokio::time::timeout(limit, stopping).await {
+                Ok(fates) => fates.unwrap_or_default(),
+                Err(_) => {
+                    return Err(HostError::Timeout {
+                        op: "stop guests".into(),
+                        after: limit,
+                    });
+                }
+            };
+            // The fates are evidence; keep them even if the restore below fails.
+            let _ = self.store.save(record);
+            if let Some(bad) = record.guests.iter().find(|f| f.fate == "failed") {
+                return Err(HostError::Operation {
+                    op: format!("stop guest {}", bad.name),
+                    detail: bad.detail.clone().unwrap_or_default(),
+                });
+            }
+        }
+        self.restore(record, until).await
+    }
+
+    /// Give the lease's share back, retrying within the budget.
+    async fn restore(&self, record: &LeaseRecord, until: Instant) -> Result<(), HostError> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let (store, holder) = (
+                self.store.clone(),
+                format!(
+                    "pid {} restoring lease {}",
+                    std::process::id(),
+                    record.lease_id
+                ),
+            );
+            let (host, id, baseline) = (
+                self.host.clone(),
+                record.lease_id.clone(),
+                record.baseline.clone(),
+            );
+            let attempt = bounded("release", left.max(Duration::from_millis(200)), move || {
+                let _lock = store
+                    .lock_node(left, &holder)
+                    .map_err(|e| HostError::Operation {
+                        op: "take node lock".into(),
+                        detail: e.to_string(),
+                    })?;
+                host.release(&id, baseline.as_ref())
+            })
+            .await;
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() + pause < until => {
+                    tracing::warn!(lease = %record.lease_id, error = %e, "restoring the host failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

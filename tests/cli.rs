@@ -1,0 +1,204 @@
+//! The command-line contract: help, config errors, exit codes, generated docs.
+
+mod common;
+
+use common::{Node, bin, stderr, stdout};
+use std::process::Command;
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["run", "status", "check-config", "recover", "kill-all"] {
+        let out = Command::new(bin()).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub}");
+        assert!(stdout(&out).contains("Usage: vmpilot"), "{sub}");
+    }
+}
+
+#[test]
+fn config_errors_name_file_key_and_hint_and_exit_2() {
+    let node = Node::new("bogus_key = 1\n");
+    let out = node.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.starts_with("vmpilot: config "), "{err}");
+    assert!(
+        err.contains("vmpilot.toml") && err.contains("bogus_key"),
+        "{err}"
+    );
+    assert!(err.contains("docs/config.md"), "{err}");
+}
+
+#[test]
+fn an_explicit_missing_config_is_an_error() {
+    let out = Command::new(bin())
+        .args(["--config", "/nonexistent/vmpilot.toml", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/nonexistent/vmpilot.toml"));
+}
+
+#[test]
+fn grace_longer_than_the_walltime_is_refused_before_anything_changes() {
+    let node = Node::new("");
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "10s",
+        "--grace",
+        "30s",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("grace"), "{}", stderr(&out));
+    assert!(
+        !node.state_dir().join("leases").exists()
+            || std::fs::read_dir(node.state_dir().join("leases"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_clear_message() {
+    let node = Node::new("");
+    for (args, needle) in [
+        (
+            vec!["run", "--memory", "lots", "--walltime", "1m"],
+            "not a size",
+        ),
+        (
+            vec!["run", "--memory", "1G", "--walltime", "soon"],
+            "not a duration",
+        ),
+        (vec!["run", "--memory", "1G"], "--walltime is required"),
+        (
+            vec![
+                "run",
+                "--memory",
+                "1G",
+                "--walltime",
+                "1m",
+                "--lease-id",
+                "../etc",
+            ],
+            "lease id",
+        ),
+        (
+            vec![
+                "run",
+                "--memory",
+                "1G",
+                "--walltime",
+                "1m",
+                "--coordinator",
+                "http://example.org",
+            ],
+            "plain HTTP",
+        ),
+    ] {
+        let out = node.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn check_config_prints_what_it_resolved_and_changes_nothing() {
+    let node = Node::new("");
+    let out = node.run(&["check-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("backend = \"simulated\""), "{text}");
+    assert!(text.contains("8192 MiB memory"), "{text}");
+    assert!(text.contains("# ok"), "{text}");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn the_libvirt_backend_is_reported_unavailable_not_faked() {
+    let node = Node::new("");
+    let out = node.run(&[
+        "run",
+        "--host",
+        "libvirt",
+        "--memory",
+        "1G",
+        "--walltime",
+        "1m",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("libvirt"), "{}", stderr(&out));
+}
+
+#[test]
+fn man_page_and_completions_are_generated_from_the_cli() {
+    let out = Command::new(bin())
+        .args(["generate", "man"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let man = stdout(&out);
+    assert!(
+        man.contains(".TH vmpilot") && man.contains("EXIT STATUS"),
+        "{man}"
+    );
+    assert!(man.contains("vmpilot\\-kill\\-all(1)"), "{man}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["generate", "man", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = std::fs::read_to_string(dir.path().join("vmpilot-kill-all.1")).unwrap();
+    assert!(page.contains("\\-\\-reason"), "{page}");
+    let out = Command::new(bin())
+        .args(["generate", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("--walltime"));
+    let out = Command::new(bin())
+        .args(["generate", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn status_on_an_empty_node_says_batch_mode() {
+    let node = Node::new("");
+    let out = node.run(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("batch mode"));
+    assert!(stdout(&out).contains("no leases"));
+}
+
+#[test]
+fn a_corrupt_record_gives_a_clear_error_and_a_safe_recover() {
+    let node = Node::new("");
+    let leases = node.state_dir().join("leases");
+    std::fs::create_dir_all(&leases).unwrap();
+    std::fs::write(
+        leases.join("broken.json"),
+        b"{\"version\": 1, \"lease_id\": \"bro",
+    )
+    .unwrap();
+    let out = node.run(&["status"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("corrupt"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("hosting"),
+        "an unreadable record must not look like a clean node"
+    );
+    let out = node.run(&["recover"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("corrupt") && stderr(&out).contains("broken.json"),
+        "{}",
+        stderr(&out)
+    );
+}

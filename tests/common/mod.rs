@@ -1,0 +1,247 @@
+//! Test harness: a node (temp state dir + config) driven through the real `vmpilot`
+//! binary, real processes and real signals. Like ripgrep's `Dir`, each test gets its own.
+
+#![allow(dead_code)]
+
+pub mod coordinator;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmpilot")
+}
+
+/// A simulated node: its own state dir and config file.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Node {
+    /// A node with the simulated host (8 GiB, 4 CPUs, 512 MiB reserve) and `extra` TOML
+    /// appended to the config.
+    pub fn new(extra: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("vmpilot.toml");
+        let state = dir.path().join("state");
+        let text = format!(
+            "state_dir = \"{}\"\nnode_name = \"testnode\"\n\n[lease]\ngrace = \"5s\"\nlock_timeout = \"2s\"\nmax_guests = 2\n\n[host]\nbackend = \"simulated\"\nhost_reserve = \"512M\"\nguest_overhead = \"64M\"\n\n[host.simulated]\nmemory = \"8G\"\ncpus = 4\n\n[log]\nlevel = \"debug\"\n{extra}",
+            state.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Node { dir, config }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A `vmpilot` command with this node's config.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("VMPILOT_STATE_DIR")
+            .env_remove("VMPILOT_CONFIG");
+        c.env_remove("SLURM_JOB_ID").env_remove("PBS_JOBID");
+        c
+    }
+
+    /// Run to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Start a pilot in the background.
+    pub fn spawn_pilot(&self, args: &[&str]) -> Pilot {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        let child = self
+            .cmd(&full)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Pilot { child }
+    }
+
+    pub fn record_path(&self, lease: &str) -> PathBuf {
+        self.state_dir()
+            .join("leases")
+            .join(format!("{lease}.json"))
+    }
+
+    /// The lease record, if written yet.
+    pub fn record(&self, lease: &str) -> Option<Value> {
+        let bytes = std::fs::read(self.record_path(lease)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Wait until the lease record is in `state`.
+    pub fn wait_state(&self, lease: &str, state: &str) -> Value {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(r) = self.record(lease)
+                && r["state"] == state
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < until,
+                "lease {lease} never reached {state}: {:?}",
+                self.record(lease)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The simulated host's state file.
+    pub fn host(&self) -> Value {
+        let bytes = std::fs::read(self.state_dir().join("simulated-host.json"))
+            .unwrap_or_else(|_| b"{}".to_vec());
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Lease ids holding a share of the simulated host.
+    pub fn reservations(&self) -> Vec<String> {
+        let host = self.host();
+        host["reservations"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A simulated guest's state (`running`, `shut-off`, `saved`).
+    pub fn guest_state(&self, name: &str) -> String {
+        let host = self.host();
+        host["guests"]
+            .as_array()
+            .and_then(|gs| gs.iter().find(|g| g["name"] == name))
+            .map(|g| g["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Add a guest to the simulated host (as a coordinator would).
+    pub fn add_guest(&self, name: &str, lease: Option<&str>, extra: &[&str]) {
+        let mut args = vec!["simulated", "add-guest", "--name", name];
+        if let Some(l) = lease {
+            args.extend(["--lease", l]);
+        }
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Arm a simulated-host fault.
+    pub fn fault(&self, op: &str, mode: &str, times: u32, hang: &str) {
+        let t = times.to_string();
+        let out = self.run(&[
+            "simulated",
+            "fault",
+            "--op",
+            op,
+            "--mode",
+            mode,
+            "--times",
+            &t,
+            "--hang",
+            hang,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Files waiting in the spool.
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.state_dir().join("spool"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Write a coordinator secret file (0600) and return its path.
+    pub fn secret_file(&self, secret: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join("secret");
+        std::fs::write(&p, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+}
+
+/// A running pilot process.
+pub struct Pilot {
+    pub child: Child,
+}
+
+impl Pilot {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    /// Wait for exit (bounded) and return (exit code, stderr).
+    pub fn finish(mut self) -> (i32, String) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = self.child.wait_with_output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                return (code, stderr);
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!("pilot did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// States the record went through, from its history.
+pub fn history(record: &Value) -> Vec<String> {
+    record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Does the path exist?
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

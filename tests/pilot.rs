@@ -1,0 +1,384 @@
+//! The pilot as a process: real binary, real signals, real files, the simulated host.
+
+mod common;
+
+use common::{Node, history, stderr, stdout};
+use nix::sys::signal::Signal;
+
+#[test]
+fn lease_runs_to_its_deadline_and_restores_the_node() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--cpus",
+        "2",
+        "--walltime",
+        "3s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "l1",
+    ]);
+    node.wait_state("l1", "reserved");
+    assert_eq!(node.reservations(), ["l1"]);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 0, "{err}");
+    let r = node.record("l1").unwrap();
+    assert_eq!(r["state"], "unreserved");
+    assert_eq!(r["end_reason"], "deadline");
+    assert_eq!(
+        history(&r),
+        ["reserving", "reserved", "unreserving", "unreserved"]
+    );
+    assert!(node.reservations().is_empty());
+    assert!(
+        err.contains("transition") && err.contains("state=unreserved"),
+        "one log line per transition: {err}"
+    );
+}
+
+#[test]
+fn sigterm_while_reserved_stops_owned_guests_and_spares_others() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "l2"]);
+    node.wait_state("l2", "reserved");
+    node.add_guest("mine-polite", Some("l2"), &["--shutdown-delay", "200ms"]);
+    node.add_guest("mine-stubborn", Some("l2"), &["--ignore-shutdown"]);
+    node.add_guest("not-mine", None, &[]);
+    node.add_guest("other-lease", Some("zz"), &[]);
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "ended by signal, restored: {err}");
+    let r = node.record("l2").unwrap();
+    assert_eq!(r["state"], "unreserved");
+    assert_eq!(r["end_reason"], "terminated");
+    let fates: Vec<(String, String)> = r["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().into(),
+                g["fate"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fates,
+        [
+            ("mine-polite".to_string(), "shut-down".to_string()),
+            ("mine-stubborn".into(), "destroyed".into())
+        ]
+    );
+    assert_eq!(node.guest_state("not-mine"), "running");
+    assert_eq!(node.guest_state("other-lease"), "running");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn sigterm_while_reserving_rolls_the_reservation_back() {
+    let node = Node::new("");
+    node.fault("reserve", "hang", 1, "1500ms");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "l3"]);
+    node.wait_state("l3", "reserving");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = node.record("l3").unwrap();
+    assert_eq!(r["state"], "unreserved");
+    assert_eq!(history(&r), ["reserving", "unreserving", "unreserved"]);
+    assert!(
+        node.reservations().is_empty(),
+        "partial reservation left: {:?}",
+        node.host()
+    );
+}
+
+#[test]
+fn sigusr1_is_an_early_warning() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "512M", "--walltime", "5m", "--lease-id", "l4"]);
+    node.wait_state("l4", "reserved");
+    pilot.signal(Signal::SIGUSR1);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(node.record("l4").unwrap()["end_reason"], "early-warning");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn a_second_sigterm_destroys_guests_at_once() {
+    let node = Node::new("");
+    // A long grace, so only the second signal can explain a destroy.
+    let pilot = node.spawn_pilot(&[
+        "--memory",
+        "512M",
+        "--walltime",
+        "10m",
+        "--grace",
+        "60s",
+        "--lease-id",
+        "l5",
+    ]);
+    node.wait_state("l5", "reserved");
+    node.add_guest("slow", Some("l5"), &["--shutdown-delay", "10m"]);
+    pilot.signal(Signal::SIGTERM);
+    node.wait_state("l5", "unreserving");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = node.record("l5").unwrap();
+    assert_eq!(r["guests"][0]["fate"], "destroyed");
+    assert_eq!(r["guests"][0]["detail"], "second termination signal");
+    assert_eq!(node.guest_state("slow"), "shut-off");
+}
+
+#[test]
+fn sigkill_then_recover_restores_the_node_and_recovering_twice_is_harmless() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "l6"]);
+    node.wait_state("l6", "reserved");
+    node.add_guest("g", Some("l6"), &[]);
+    pilot.signal(Signal::SIGKILL);
+    let (code, _) = pilot.finish();
+    assert_eq!(code, 128 + 9);
+    assert_eq!(node.reservations(), ["l6"], "SIGKILL cannot clean up");
+    let status = node.run(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["mode"], "hosting");
+    assert_eq!(s["leases"][0]["pilot_alive"], false);
+
+    let out = node.run(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("restored"), "{}", stdout(&out));
+    let r = node.record("l6").unwrap();
+    assert_eq!(r["state"], "unreserved");
+    assert_eq!(r["end_reason"], "pilot-lost");
+    assert!(node.reservations().is_empty());
+    assert_eq!(node.guest_state("g"), "shut-off");
+
+    let again = node.run(&["recover"]);
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("already finished"),
+        "{}",
+        stdout(&again)
+    );
+    let s: serde_json::Value =
+        serde_json::from_slice(&node.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(s["mode"], "batch");
+}
+
+#[test]
+fn recover_leaves_a_live_pilot_alone() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "alive"]);
+    node.wait_state("alive", "reserved");
+    let out = node.run(&["recover"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("pilot still running"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(node.reservations(), ["alive"]);
+    pilot.signal(Signal::SIGTERM);
+    assert_eq!(pilot.finish().0, 5);
+}
+
+#[test]
+fn two_pilots_share_a_node_and_each_restores_only_its_own_share() {
+    let node = Node::new("");
+    let a = node.spawn_pilot(&[
+        "--memory",
+        "2G",
+        "--cpus",
+        "1",
+        "--walltime",
+        "5m",
+        "--lease-id",
+        "a",
+    ]);
+    let b = node.spawn_pilot(&[
+        "--memory",
+        "3G",
+        "--cpus",
+        "2",
+        "--walltime",
+        "5m",
+        "--lease-id",
+        "b",
+    ]);
+    node.wait_state("a", "reserved");
+    node.wait_state("b", "reserved");
+    let mut held = node.reservations();
+    held.sort();
+    assert_eq!(held, ["a", "b"]);
+    a.signal(Signal::SIGTERM);
+    assert_eq!(a.finish().0, 5);
+    assert_eq!(node.reservations(), ["b"]);
+    assert_eq!(node.record("b").unwrap()["state"], "reserved");
+    // A third lease that no longer fits is refused with numbers, and changes nothing.
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "5G",
+        "--walltime",
+        "1m",
+        "--lease-id",
+        "c",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("MiB are free"), "{}", stderr(&out));
+    assert_eq!(node.reservations(), ["b"]);
+    b.signal(Signal::SIGTERM);
+    assert_eq!(b.finish().0, 5);
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn a_release_failure_is_retried_within_the_grace() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "r1"]);
+    node.wait_state("r1", "reserved");
+    node.fault("release", "error", 2, "0s");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("retrying"), "{err}");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn a_release_that_keeps_failing_leaves_a_failed_lease_that_recover_finishes() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "5m",
+        "--grace",
+        "2s",
+        "--lease-id",
+        "r2",
+    ]);
+    node.wait_state("r2", "reserved");
+    node.fault("release", "error", 1000, "0s");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 6, "ended by signal, NOT restored: {err}");
+    let r = node.record("r2").unwrap();
+    assert_eq!(r["state"], "failed");
+    assert!(
+        r["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure")
+    );
+    assert_eq!(node.reservations(), ["r2"]);
+    // While the host still fails, recover says so with a non-zero exit.
+    let out = node.run(&["recover"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    // Once the host works again, recover finishes the lease.
+    let text = std::fs::read_to_string(node.state_dir().join("simulated-host.json")).unwrap();
+    let mut host: serde_json::Value = serde_json::from_str(&text).unwrap();
+    host["faults"] = serde_json::json!([]);
+    std::fs::write(
+        node.state_dir().join("simulated-host.json"),
+        host.to_string(),
+    )
+    .unwrap();
+    let out = node.run(&["recover"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(node.record("r2").unwrap()["state"], "unreserved");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn a_busy_node_lock_is_waited_on_then_names_its_holder() {
+    let node = Node::new("");
+    std::fs::create_dir_all(node.state_dir()).unwrap();
+    let lock_path = node.state_dir().join("node.lock");
+    std::fs::write(&lock_path, "pid 999 test holder").unwrap();
+    let lock = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    lock.lock().unwrap();
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "1m",
+        "--lease-id",
+        "lk",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pid 999 test holder"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.reservations().is_empty());
+    assert_eq!(node.record("lk").unwrap()["state"], "unreserved");
+}
+
+#[test]
+fn an_active_lease_id_cannot_be_claimed_twice_but_an_ended_one_gets_a_new_epoch() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "dup"]);
+    node.wait_state("dup", "reserved");
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "1m",
+        "--lease-id",
+        "dup",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    pilot.signal(Signal::SIGTERM);
+    assert_eq!(pilot.finish().0, 5);
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "2s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "dup",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.record("dup").unwrap()["epoch"], 2);
+}
+
+#[test]
+fn state_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("");
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "2s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "p",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&node.state_dir()), 0o700);
+    assert_eq!(mode(&node.state_dir().join("leases")), 0o700);
+    assert_eq!(mode(&node.record_path("p")), 0o600);
+    assert_eq!(mode(&node.state_dir().join("vmpilot.log")), 0o600);
+}
