@@ -63,16 +63,18 @@ pub enum Command {
 /// Options of `vmpilot run`. Each overrides the matching config key for this lease only.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Memory to hand to guests: `512M`, `4G`, `1T`, or plain MiB.
+    /// Memory to hand to guests: `512M`, `4G`, `1T`, or plain MiB. Under a batch system the
+    /// default is the job's memory minus the per-guest overhead; otherwise required.
     #[arg(long, value_name = "SIZE")]
-    pub memory: MemSize,
-    /// CPUs to hand to guests.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub cpus: u32,
+    pub memory: Option<MemSize>,
+    /// CPUs to hand to guests [default: the job's CPUs, or 1].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
     /// The coordinator's slot id for this lease (letters, digits, `.`, `_`, `-`); generated if absent.
     #[arg(long, value_name = "ID")]
     pub lease_id: Option<String>,
-    /// Length of the lease when not under a batch system, e.g. `30s`, `2h`, `1h 30m`.
+    /// Length of the lease, e.g. `30s`, `2h`, `1h 30m`: required when not under a batch
+    /// system, a cap on the job's walltime otherwise.
     #[arg(long, value_name = "DUR")]
     pub walltime: Option<Duration>,
     /// Time reserved for guests to stop before the deadline (overrides `[lease] grace`).

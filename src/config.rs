@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lrm::LrmKind;
 use crate::units::{Duration, MemSize};
 
 /// Default state directory: lease records, spool, simulated host, logs.
@@ -94,7 +95,16 @@ pub struct RawConfig {
     lease: RawLease,
     host: RawHost,
     coordinator: RawCoordinator,
+    lrm: RawLrm,
     log: RawLog,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLrm {
+    kind: Option<LrmKind>,
+    safety_margin: Option<Duration>,
+    command_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -155,8 +165,22 @@ pub struct Config {
     pub host: HostConfig,
     /// Coordinator settings; `None` when no coordinator is configured (events are logged only).
     pub coordinator: Option<CoordinatorConfig>,
+    /// Batch system settings.
+    pub lrm: LrmConfig,
     /// Logging settings.
     pub log: LogConfig,
+}
+
+/// `[lrm]`.
+#[derive(Serialize, Debug, Clone)]
+pub struct LrmConfig {
+    /// Which batch system; `auto` detects it from the environment.
+    pub kind: LrmKind,
+    /// Taken off the job's walltime end: the lease must be gone this long before the batch
+    /// system would kill the job.
+    pub safety_margin: Duration,
+    /// Bound on every batch-system command.
+    pub command_timeout: Duration,
 }
 
 /// `[lease]`.
@@ -292,6 +316,18 @@ impl Config {
             None => None,
             Some(url) => Some(resolve_coordinator(url, raw.coordinator, &invalid)?),
         };
+        let lrm = LrmConfig {
+            kind: raw.lrm.kind.unwrap_or(LrmKind::Auto),
+            safety_margin: raw.lrm.safety_margin.unwrap_or(Duration::from_secs(30)),
+            command_timeout: raw.lrm.command_timeout.unwrap_or(Duration::from_secs(10)),
+        };
+        if lrm.command_timeout.get().is_zero() {
+            return Err(invalid(
+                "lrm.command_timeout",
+                "is zero".into(),
+                "batch-system commands need time to answer; the default is 10s",
+            ));
+        }
         let log = LogConfig {
             file: raw.log.file.unwrap_or(true),
             level: raw.log.level.unwrap_or_else(|| "info".into()),
@@ -310,6 +346,7 @@ impl Config {
             lease,
             host,
             coordinator,
+            lrm,
             log,
         })
     }

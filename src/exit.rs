@@ -7,6 +7,7 @@ use crate::coordinator::spool::SpoolError;
 use crate::host::HostError;
 use crate::lease::record::BadLeaseId;
 use crate::lease::store::StoreError;
+use crate::lrm::LrmError;
 use crate::units::UnitError;
 
 /// How vmpilot ended.
@@ -74,7 +75,11 @@ impl ExitStatus {
             if cause.is::<ConfigError>() || cause.is::<UnitError>() || cause.is::<BadLeaseId>() {
                 return ExitStatus::Usage;
             }
-            if cause.is::<StoreError>() || cause.is::<SecretError>() || cause.is::<SpoolError>() {
+            if cause.is::<StoreError>()
+                || cause.is::<SecretError>()
+                || cause.is::<SpoolError>()
+                || cause.is::<LrmError>()
+            {
                 return ExitStatus::Environment;
             }
             if let Some(h) = cause.downcast_ref::<HostError>() {

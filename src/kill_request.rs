@@ -1,7 +1,7 @@
 //! The admin's kill request: a file that tells pilots a SIGTERM comes from `kill-all`.
 //!
 //! A pilot cannot tell an admin's SIGTERM from the batch system's, but the difference
-//! matters to the coordinator (reason `admin` vs `terminated`) and to how hard guests are
+//! matters to the coordinator (reason `admin` vs `cancelled`) and to how hard guests are
 //! stopped (`--fast` destroys at once). `kill-all` writes this file before signalling and
 //! removes it when done; a pilot that is terminated while it exists reports an admin kill.
 

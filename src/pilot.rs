@@ -16,12 +16,14 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::coordinator::event::{EventBody, EventEnvelope};
 use crate::coordinator::outbox::Outbox;
+use crate::deadline;
 use crate::exit::{EnvironmentError, ExitStatus};
 use crate::host::{HostError, LeaseShare};
 use crate::kill_request::{self, KillRequest};
 use crate::lease::record::{LeaseId, LeaseRecord, RECORD_VERSION};
 use crate::lease::store::Store;
 use crate::lease::{EndReason, Event, LeaseState};
+use crate::lrm::Lrm;
 use crate::process::ProcessIdentity;
 use crate::progress;
 use crate::release::Releaser;
@@ -60,11 +62,17 @@ struct Pilot {
     grace: Duration,
     /// Set when an admin's kill-all ended this lease.
     killed_by: Option<KillRequest>,
+    /// The batch system, asked after a SIGTERM whether it is preempting the job.
+    lrm: Option<Lrm>,
 }
 
 /// Run one lease to its end. Returns the exit status; errors are things that prevented the
 /// lease from starting (nothing changed) or a failure to persist state.
-pub async fn run(config: Config, request: LeaseRequest) -> anyhow::Result<ExitStatus> {
+pub async fn run(
+    config: Config,
+    request: LeaseRequest,
+    lrm: Option<Lrm>,
+) -> anyhow::Result<ExitStatus> {
     // Handlers first: a signal from now on is queued, never lost.
     let signals = Signals::install().context("cannot install signal handlers")?;
     let store = Store::open(&config.state_dir)?;
@@ -107,6 +115,7 @@ pub async fn run(config: Config, request: LeaseRequest) -> anyhow::Result<ExitSt
         deadline: Instant::now() + request.lifetime,
         grace: request.grace,
         killed_by: None,
+        lrm,
     };
     let result = pilot.drive().await;
     progress::finish();
@@ -137,7 +146,7 @@ impl Pilot {
     async fn drive(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(sig) = self.signals.try_recv() {
             // Ended before it began: nothing to roll back.
-            let event = self.signal_event(&sig);
+            let event = self.signal_event(&sig).await;
             self.apply(&event)?;
             return Ok(self.exit_status());
         }
@@ -190,7 +199,7 @@ impl Pilot {
         }
         // A signal that arrived while reserving rolls the reservation straight back.
         if let Some(sig) = self.signals.try_recv() {
-            let event = self.signal_event(&sig);
+            let event = self.signal_event(&sig).await;
             return self.unreserve(event).await;
         }
         self.apply(&Event::ReservedOk)?;
@@ -211,24 +220,34 @@ impl Pilot {
             .deadline
             .checked_sub(self.grace)
             .unwrap_or(self.deadline);
-        tokio::select! {
-            _ = tokio::time::sleep_until(unreserve_at.into()) => Event::Deadline,
-            sig = self.signals.recv() => match sig {
-                Some(sig) => self.signal_event(&sig),
-                None => Event::Deadline,
-            },
+        let sig = tokio::select! {
+            _ = tokio::time::sleep_until(unreserve_at.into()) => return Event::Deadline,
+            sig = self.signals.recv() => sig,
+        };
+        match sig {
+            Some(sig) => self.signal_event(&sig).await,
+            None => Event::Deadline,
         }
     }
 
-    /// A termination signal while an admin's kill request stands is an admin kill.
-    fn signal_event(&mut self, sig: &PilotSignal) -> Event {
-        if let PilotSignal::Terminate(_) = sig
-            && let Some(request) = kill_request::current(&self.releaser.config.state_dir)
-        {
+    /// What a signal means: an admin kill while a kill request stands, a preemption when
+    /// the batch system says so, a cancel otherwise.
+    async fn signal_event(&mut self, sig: &PilotSignal) -> Event {
+        let PilotSignal::Terminate(name) = sig else {
+            return sig.event();
+        };
+        if let Some(request) = kill_request::current(&self.releaser.config.state_dir) {
             self.killed_by = Some(request);
             return Event::AdminKill;
         }
-        sig.event()
+        let preempted = match &self.lrm {
+            Some(lrm) => lrm.was_preempted().await,
+            None => false,
+        };
+        Event::Terminate {
+            signal: name.to_string(),
+            preempted,
+        }
     }
 
     /// The reservation failed and changed nothing (the `Host` contract); release anyway,
@@ -254,10 +273,7 @@ impl Pilot {
         };
         tracing::error!(lease = %self.record.lease_id, error = %error, "reservation hangs; rolling back");
         self.begin_rollback(&error)?;
-        let wait = self
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.grace);
+        let wait = self.budget();
         match tokio::time::timeout(wait, reserving).await {
             Ok(Ok(Ok(baseline))) => {
                 self.record.baseline = Some(baseline);
@@ -287,10 +303,7 @@ impl Pilot {
     }
 
     async fn finish_rollback(&mut self, error: HostError) -> anyhow::Result<ExitStatus> {
-        let budget = self
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.grace);
+        let budget = self.budget();
         self.releaser
             .finish(&mut self.record, budget, Arc::new(AtomicBool::new(true)))
             .await?;
@@ -305,7 +318,7 @@ impl Pilot {
     async fn unreserve(&mut self, event: Event) -> anyhow::Result<ExitStatus> {
         progress::finish();
         let signal = match &event {
-            Event::Terminate { signal } => Some(signal.clone()),
+            Event::Terminate { signal, .. } => Some(signal.clone()),
             _ => None,
         };
         self.apply(&event)?;
@@ -314,10 +327,7 @@ impl Pilot {
             signal,
         })?;
         // What remains of the grace, never past the deadline.
-        let budget = self
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .min(self.grace);
+        let budget = self.budget();
         let fast_kill = self.killed_by.as_ref().is_some_and(|k| k.is_fast());
         let force = Arc::new(AtomicBool::new(fast_kill));
         let releaser = self.releaser.clone();
@@ -348,7 +358,7 @@ impl Pilot {
     fn exit_status(&self) -> ExitStatus {
         let by_signal = matches!(
             self.record.end_reason,
-            Some(EndReason::Terminated | EndReason::Admin)
+            Some(EndReason::Cancelled | EndReason::Preempted | EndReason::Admin)
         );
         match (self.record.state, by_signal) {
             (LeaseState::Unreserved, true) => ExitStatus::SignalRestored,
@@ -359,11 +369,20 @@ impl Pilot {
     }
 
     fn time_to_unreserve(&self) -> Duration {
-        self.deadline
-            .checked_sub(self.grace)
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or_default()
+        deadline::unreserve_at(self.deadline, self.grace)
+            .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1))
+    }
+
+    /// Time for unreserving that starts now: what remains of the grace, never past the
+    /// deadline.
+    fn budget(&self) -> Duration {
+        deadline::unreserve_budget(
+            Instant::now(),
+            self.deadline,
+            self.grace,
+            Duration::from_secs(1),
+        )
     }
 
     /// Apply an event and persist the new state before anything acts on it.

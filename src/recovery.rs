@@ -86,7 +86,9 @@ pub async fn recover_all(
                 continue;
             }
         };
-        if scope.job.is_some() && record.job_id != scope.job {
+        if let Some(job) = &scope.job
+            && !same_job(record.job_id.as_deref(), job)
+        {
             continue;
         }
         if let Some(o) = skip_reason(&record, scope, trigger) {
@@ -96,6 +98,17 @@ pub async fn recover_all(
         outcomes.push(recover_one(releaser, outbox, &mut record, trigger, budget).await?);
     }
     Ok(outcomes)
+}
+
+/// PBS epilogues pass `123.server` while a PBS-on-Slurm shim may record `123`: compare the
+/// full ids, or the numeric parts when one side has no server suffix.
+fn same_job(recorded: Option<&str>, asked: &str) -> bool {
+    let Some(recorded) = recorded else {
+        return false;
+    };
+    recorded == asked
+        || (!recorded.contains('.') || !asked.contains('.'))
+            && recorded.split('.').next() == asked.split('.').next()
 }
 
 fn skip_reason(record: &LeaseRecord, scope: &Scope, trigger: &Trigger) -> Option<Outcome> {
@@ -178,4 +191,20 @@ pub fn summary_table(outcomes: &[Outcome]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_job;
+
+    #[test]
+    fn job_ids_match_with_or_without_the_pbs_server_suffix() {
+        assert!(same_job(Some("42"), "42"));
+        assert!(same_job(Some("42.server"), "42.server"));
+        assert!(same_job(Some("42.server"), "42"));
+        assert!(same_job(Some("42"), "42.server"));
+        assert!(!same_job(Some("42.a"), "42.b"));
+        assert!(!same_job(Some("421"), "42"));
+        assert!(!same_job(None, "42"));
+    }
 }

@@ -27,6 +27,7 @@ impl PilotSignal {
         match self {
             PilotSignal::Terminate(name) => Event::Terminate {
                 signal: name.to_string(),
+                preempted: false,
             },
             PilotSignal::EarlyWarning => Event::EarlyWarning,
         }

@@ -73,7 +73,8 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             vec!["run", "--memory", "1G", "--walltime", "soon"],
             "not a duration",
         ),
-        (vec!["run", "--memory", "1G"], "--walltime is required"),
+        (vec!["run", "--memory", "1G"], "no --walltime"),
+        (vec!["run", "--walltime", "1m"], "--memory is required"),
         (
             vec![
                 "run",

@@ -52,7 +52,7 @@ fn sigterm_while_reserved_stops_owned_guests_and_spares_others() {
     assert_eq!(code, 5, "ended by signal, restored: {err}");
     let r = node.record("l2").unwrap();
     assert_eq!(r["state"], "unreserved");
-    assert_eq!(r["end_reason"], "terminated");
+    assert_eq!(r["end_reason"], "cancelled");
     let fates: Vec<(String, String)> = r["guests"]
         .as_array()
         .unwrap()

@@ -59,8 +59,12 @@ impl Globals {
 /// Send logs to stderr (above the live status line) and, if configured and possible, to
 /// `{state_dir}/vmpilot.log`. `RUST_LOG` overrides the configured level.
 pub fn init_logging(config: &Config) {
-    let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // The HTTP stack's debug output (connection pooling) drowns vmpilot's own lines.
+    let quiet = "hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn";
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(format!("{},{quiet}", config.log.level)))
+    };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(|| crate::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -97,6 +97,9 @@ pub enum Event {
     Terminate {
         /// Signal name, e.g. `SIGTERM`.
         signal: String,
+        /// The batch system says it is preempting the job (not a plain cancel).
+        #[serde(default)]
+        preempted: bool,
     },
     /// SIGUSR1: the batch system's early warning before walltime.
     EarlyWarning,
@@ -121,6 +124,7 @@ impl Event {
             Event::Deadline,
             Event::Terminate {
                 signal: "SIGTERM".into(),
+                preempted: false,
             },
             Event::EarlyWarning,
             Event::AdminKill,
@@ -151,7 +155,10 @@ impl Event {
     pub fn end_reason(&self) -> Option<EndReason> {
         Some(match self {
             Event::Deadline => EndReason::Deadline,
-            Event::Terminate { .. } => EndReason::Terminated,
+            Event::Terminate {
+                preempted: true, ..
+            } => EndReason::Preempted,
+            Event::Terminate { .. } => EndReason::Cancelled,
             Event::EarlyWarning => EndReason::EarlyWarning,
             Event::AdminKill => EndReason::Admin,
             Event::CoordinatorRelease => EndReason::CoordinatorRelease,
@@ -165,7 +172,7 @@ impl Event {
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Event::Terminate { signal } => write!(f, "terminate({signal})"),
+            Event::Terminate { signal, .. } => write!(f, "terminate({signal})"),
             other => f.write_str(other.name()),
         }
     }
@@ -177,8 +184,10 @@ impl fmt::Display for Event {
 pub enum EndReason {
     /// The lease ran to its deadline.
     Deadline,
-    /// The batch system (or a user) terminated the job: cancelled or preempted.
-    Terminated,
+    /// The job was cancelled (scancel, qdel) or otherwise terminated by a signal.
+    Cancelled,
+    /// The batch system preempted the job for higher-priority work.
+    Preempted,
     /// The batch system warned that walltime is near.
     EarlyWarning,
     /// An admin's kill-all.
@@ -196,7 +205,8 @@ impl EndReason {
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Deadline => "deadline",
-            EndReason::Terminated => "terminated",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Preempted => "preempted",
             EndReason::EarlyWarning => "early-warning",
             EndReason::Admin => "admin",
             EndReason::CoordinatorRelease => "coordinator-release",

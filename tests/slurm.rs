@@ -1,0 +1,507 @@
+//! The pilot as a real batch job: the project's own sbatch/qsub scripts on the test bed's
+//! real single-node Slurm (tests/testbed/up.sh), with the simulated host and a loopback
+//! coordinator. Each test checks the node, the lease record, the events and the job's final
+//! state and exit code. Run with `VMPILOT_IT=slurm` (CI does).
+
+mod common;
+
+use std::time::Duration;
+
+use common::coordinator::{Mode, TestCoordinator};
+use common::slurm::{EpilogHook, Jobs, enabled, repo, sbatch, serial, sh, wait_done, wait_running};
+use common::{Node, bin};
+
+const SECRET: &str = "slurm-test-secret-0123456789";
+
+/// A node with a coordinator, a short grace and `lrm` settings for quick jobs.
+fn node(coordinator: &TestCoordinator, lrm: &str) -> Node {
+    let node = Node::new("");
+    let secret = node.secret_file(SECRET);
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("grace = \"5s\"", "grace = \"3s\"");
+    std::fs::write(
+        &node.config,
+        format!(
+            "{text}\n[coordinator]\nurl = \"{}\"\nsecret_file = \"{}\"\ntimeout = \"2s\"\n\n[lrm]\n{lrm}\n",
+            coordinator.url,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    node
+}
+
+/// Environment for the job scripts.
+fn job_env(node: &Node, lease: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("VMPILOT_BIN", bin().to_string()),
+        ("VMPILOT_CONFIG", node.config.display().to_string()),
+        ("VMPILOT_LEASE_ID", lease.to_string()),
+    ]
+}
+
+fn script(name: &str) -> String {
+    repo()
+        .join("slurm-scripts")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn output_file(node: &Node) -> String {
+    node.dir.path().join("job-%j.out").display().to_string()
+}
+
+fn job_log(node: &Node, id: &str) -> String {
+    std::fs::read_to_string(node.dir.path().join(format!("job-{id}.out"))).unwrap_or_default()
+}
+
+#[test]
+fn a_lease_ends_on_its_own_before_walltime() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let id = jobs.add(&sbatch(
+        &[
+            "-t",
+            "5",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+            "--walltime",
+            "6s",
+        ],
+        &job_env(&node, "s1"),
+    ));
+    let j = wait_done(&id, Duration::from_secs(60));
+    assert_eq!(j["JobState"], "COMPLETED", "{}", job_log(&node, &id));
+    assert_eq!(j["ExitCode"], "0:0");
+    let r = node.record("s1").unwrap();
+    assert_eq!(r["state"], "unreserved");
+    assert_eq!(r["end_reason"], "deadline");
+    assert_eq!(r["job_id"], id.as_str());
+    assert_eq!(
+        r["memory_mib"],
+        1024 - 2 * 64,
+        "job memory minus guest overhead"
+    );
+    assert_eq!(r["cpus"], 1, "the job's CPUs");
+    assert!(node.reservations().is_empty());
+    assert_eq!(
+        coordinator.types_for("s1"),
+        ["reserved", "unreserving", "unreserved"]
+    );
+}
+
+#[test]
+fn scancel_while_reserved_restores_the_node_within_killwait() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let id = jobs.add(&sbatch(
+        &[
+            "-t",
+            "5",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+        ],
+        &job_env(&node, "s2"),
+    ));
+    node.wait_state("s2", "reserved");
+    node.add_guest("s2-vm", Some("s2"), &["--shutdown-delay", "300ms"]);
+    sh("scancel", &[&id]);
+    let j = wait_done(&id, Duration::from_secs(60));
+    assert_eq!(j["JobState"], "CANCELLED", "{}", job_log(&node, &id));
+    let r = node.record("s2").unwrap();
+    assert_eq!(r["state"], "unreserved", "{}", job_log(&node, &id));
+    assert_eq!(r["end_reason"], "cancelled");
+    assert_eq!(r["guests"][0]["fate"], "shut-down");
+    assert!(node.reservations().is_empty());
+    // Restored inside KillWait (5 s on the test bed): the pilot exited on its own with 5
+    // ("ended by signal, restored") rather than being SIGKILLed.
+    assert!(
+        job_log(&node, &id).contains("node restored"),
+        "{}",
+        job_log(&node, &id)
+    );
+    assert_eq!(j["ExitCode"], "5:0", "{}", job_log(&node, &id));
+    assert_eq!(
+        coordinator.types_for("s2"),
+        ["reserved", "unreserving", "unreserved"]
+    );
+}
+
+#[test]
+fn the_pilot_gives_the_node_back_before_slurm_enforces_walltime() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    // A 1-minute job with a 45 s margin: the lease is ~15 s, ending well before TIMEOUT.
+    let node = node(&coordinator, "safety_margin = \"45s\"");
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let id = jobs.add(&sbatch(
+        &[
+            "-t",
+            "1",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+        ],
+        &job_env(&node, "s3"),
+    ));
+    let j = wait_done(&id, Duration::from_secs(90));
+    assert_eq!(
+        j["JobState"],
+        "COMPLETED",
+        "not TIMEOUT: {}",
+        job_log(&node, &id)
+    );
+    assert_eq!(j["ExitCode"], "0:0");
+    let r = node.record("s3").unwrap();
+    assert_eq!(r["end_reason"], "deadline");
+    // The deadline came from the job's walltime: created + (60 s - runtime - 45 s).
+    let created = time::OffsetDateTime::parse(
+        r["history"][0]["at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let deadline = time::OffsetDateTime::parse(
+        r["deadline"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let lease = (deadline - created).whole_seconds();
+    assert!(
+        (10..=16).contains(&lease),
+        "lease length {lease}s does not follow walltime - margin"
+    );
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn the_early_warning_signal_starts_unreserving() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    // Own plan: 60 s - 5 s margin; USR1 comes 50-110 s before the end, i.e. at once or ~10 s.
+    let node = node(&coordinator, "safety_margin = \"5s\"");
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let id = jobs.add(&sbatch(
+        &[
+            "-t",
+            "1",
+            "--signal=B:USR1@50",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+        ],
+        &job_env(&node, "s4"),
+    ));
+    let j = wait_done(&id, Duration::from_secs(90));
+    assert_eq!(j["JobState"], "COMPLETED", "{}", job_log(&node, &id));
+    let r = node.record("s4").unwrap();
+    assert_eq!(r["end_reason"], "early-warning", "{}", job_log(&node, &id));
+    assert_eq!(r["state"], "unreserved");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn preemption_by_a_high_priority_job_is_reported_as_preempted() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let cpus = sh("sinfo", &["-h", "-o", "%c"]).trim().to_string();
+    let pilot = jobs.add(&sbatch(
+        &[
+            "-p",
+            "low",
+            "-t",
+            "5",
+            "--mem",
+            "1G",
+            "-c",
+            &cpus,
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot-step.sbatch"),
+        ],
+        &job_env(&node, "s5"),
+    ));
+    node.wait_state("s5", "reserved");
+    let high = jobs.add(&sbatch(
+        &[
+            "-p",
+            "high",
+            "-t",
+            "1",
+            "-c",
+            "1",
+            "--mem",
+            "100M",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "true",
+        ],
+        &[],
+    ));
+    // The step gets SIGTERM as soon as preemption starts, long before GraceTime ends.
+    node.wait_state("s5", "unreserved");
+    let r = node.record("s5").unwrap();
+    assert_eq!(r["end_reason"], "preempted", "{}", job_log(&node, &pilot));
+    assert!(node.reservations().is_empty());
+    // The step (and so the batch shell that exec'd srun) ends as soon as the node is
+    // restored, before Slurm finishes the preemption: the job ends with the pilot's own exit
+    // status, 5 = ended by signal, restored (PREEMPTED if Slurm got there first).
+    let j = wait_done(&pilot, Duration::from_secs(60));
+    assert!(
+        matches!(j["JobState"].as_str(), "FAILED" | "PREEMPTED"),
+        "{}",
+        job_log(&node, &pilot)
+    );
+    if j["JobState"] == "FAILED" {
+        assert_eq!(j["ExitCode"], "5:0");
+    }
+    wait_done(&high, Duration::from_secs(60));
+    let events = coordinator.with_log(|l| l.applied.clone());
+    let unreserving = events.iter().find(|e| e["type"] == "unreserving").unwrap();
+    assert_eq!(unreserving["reason"], "preempted");
+}
+
+#[test]
+fn a_sigkilled_pilot_is_recovered_by_the_epilog_and_the_next_job_finds_batch_mode() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let _hook = EpilogHook::install("sigkill-test", &node.config);
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let id = jobs.add(&sbatch(
+        &[
+            "-t",
+            "5",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+        ],
+        &job_env(&node, "s6"),
+    ));
+    let r = node.wait_state("s6", "reserved");
+    node.add_guest("s6-vm", Some("s6"), &[]);
+    let pid = r["pilot"]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let j = wait_done(&id, Duration::from_secs(60));
+    assert_eq!(j["JobState"], "FAILED", "{}", job_log(&node, &id));
+    let r = node.record("s6").unwrap();
+    assert_eq!(
+        r["state"], "unreserved",
+        "the epilog's recover did not run: {r}"
+    );
+    assert_eq!(r["end_reason"], "pilot-lost");
+    assert!(node.reservations().is_empty());
+    assert_eq!(node.guest_state("s6-vm"), "shut-off");
+    // The node's next batch job sees a node in batch mode.
+    let status = node.dir.path().join("next-job-status.json");
+    let next = jobs.add(&sbatch(
+        &[
+            "-t",
+            "1",
+            "--mem",
+            "100M",
+            "-c",
+            "1",
+            "-o",
+            &status.display().to_string(),
+            "--wrap",
+            &format!("{} --config {} status --json", bin(), node.config.display()),
+        ],
+        &[],
+    ));
+    wait_done(&next, Duration::from_secs(60));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
+    assert_eq!(s["mode"], "batch");
+    assert!(
+        coordinator
+            .types_for("s6")
+            .contains(&"recovered".to_string())
+    );
+}
+
+#[test]
+fn two_pilots_on_the_node_and_one_cancelled_releases_only_its_share() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let mut jobs = Jobs::default();
+    let out = output_file(&node);
+    let a = jobs.add(&sbatch(
+        &[
+            "-t",
+            "5",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+        ],
+        &job_env(&node, "s7a"),
+    ));
+    let b = jobs.add(&sbatch(
+        &[
+            "-t",
+            "5",
+            "--mem",
+            "1G",
+            "-c",
+            "1",
+            "-o",
+            &out,
+            "-e",
+            &out,
+            &script("vmpilot.sbatch"),
+        ],
+        &job_env(&node, "s7b"),
+    ));
+    wait_running(&a);
+    wait_running(&b);
+    node.wait_state("s7a", "reserved");
+    node.wait_state("s7b", "reserved");
+    let mut held = node.reservations();
+    held.sort();
+    assert_eq!(held, ["s7a", "s7b"]);
+    sh("scancel", &[&a]);
+    wait_done(&a, Duration::from_secs(60));
+    assert_eq!(node.reservations(), ["s7b"]);
+    assert_eq!(node.record("s7b").unwrap()["state"], "reserved");
+    sh("scancel", &[&b]);
+    wait_done(&b, Duration::from_secs(60));
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn the_pbs_script_runs_through_qsub_under_a_simulated_pbs_environment() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    // PBS SIMULATION: Slurm's Torque wrappers (no real PBS server exists here) plus the test
+    // bed's TaskProlog, which sets PBS_* variables for jobs named pbs-*.
+    let node = node(&coordinator, "kind = \"pbs\"\nsafety_margin = \"50s\"");
+    let mut jobs = Jobs::default();
+    // Slurm's qsub wrapper does not let command-line -l override the script's #PBS lines
+    // (real PBS does), so submit a copy with a short walltime and a small allocation.
+    let original = std::fs::read_to_string(repo().join("pbs-scripts/vmpilot.pbs")).unwrap();
+    let mut text = original.clone();
+    for (prefix, line) in [
+        ("#PBS -l walltime=", "#PBS -l walltime=00:01:10"),
+        ("#PBS -l mem=", "#PBS -l mem=1gb"),
+        ("#PBS -l nodes=", "#PBS -l nodes=1:ppn=1"),
+    ] {
+        let found = original
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("vmpilot.pbs has no `{prefix}` line"));
+        text = text.replace(found, line);
+    }
+    let script = node.dir.path().join("vmpilot.pbs");
+    std::fs::write(&script, text).unwrap();
+    let mut cmd = std::process::Command::new("qsub");
+    cmd.args(["-N", "pbs-vmpilot"])
+        .arg(&script)
+        .current_dir(node.dir.path());
+    for (k, v) in job_env(&node, "s8") {
+        cmd.env(k, v);
+    }
+    cmd.env("VMPILOT_MEMORY", "512M").env("VMPILOT_CPUS", "1");
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "qsub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = jobs.add(String::from_utf8_lossy(&out.stdout).trim());
+    let j = wait_done(&id, Duration::from_secs(90));
+    let r = node
+        .record("s8")
+        .unwrap_or_else(|| panic!("no lease record; job {j:?}"));
+    assert_eq!(r["state"], "unreserved");
+    assert_eq!(r["end_reason"], "deadline");
+    assert_eq!(
+        r["job_id"],
+        format!("{id}.testbed"),
+        "the job id came from PBS_JOBID"
+    );
+    assert_eq!(j["JobState"], "COMPLETED");
+    assert!(node.reservations().is_empty());
+}
