@@ -124,6 +124,26 @@ struct RawHost {
     host_reserve: Option<MemSize>,
     guest_overhead: Option<MemSize>,
     simulated: RawSimulated,
+    libvirt: RawLibvirt,
+    xen: RawXen,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLibvirt {
+    uri: Option<String>,
+    hugepages: Option<bool>,
+    hugepages_path: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawXen {
+    xl: Option<PathBuf>,
+    dom0_min_memory: Option<MemSize>,
+    balloon_timeout: Option<Duration>,
+    command_timeout: Option<Duration>,
+    save_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -140,6 +160,7 @@ struct RawCoordinator {
     secret_file: Option<PathBuf>,
     timeout: Option<Duration>,
     allow_plain_http: Option<bool>,
+    heartbeat_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -209,6 +230,36 @@ pub struct HostConfig {
     pub guest_overhead: MemSize,
     /// The simulated host's size.
     pub simulated: SimulatedConfig,
+    /// libvirt settings (`backend = "libvirt"`).
+    pub libvirt: LibvirtConfig,
+    /// Xen settings (`backend = "xen"`).
+    pub xen: XenConfig,
+}
+
+/// `[host.libvirt]`.
+#[derive(Serialize, Debug, Clone)]
+pub struct LibvirtConfig {
+    /// Connection URI, e.g. `qemu:///system`.
+    pub uri: String,
+    /// Grow the kernel's hugepage pool by each lease's memory while it is reserved.
+    pub hugepages: bool,
+    /// The sysctl file holding the 2 MiB hugepage pool size (injectable for tests).
+    pub hugepages_path: PathBuf,
+}
+
+/// `[host.xen]`.
+#[derive(Serialize, Debug, Clone)]
+pub struct XenConfig {
+    /// The `xl` program (a name looked up in `PATH`, or a path).
+    pub xl: PathBuf,
+    /// dom0 is never ballooned below this.
+    pub dom0_min_memory: MemSize,
+    /// How long dom0 may take to reach a new balloon target.
+    pub balloon_timeout: Duration,
+    /// Bound on every single `xl` call; the child is killed when it is exceeded.
+    pub command_timeout: Duration,
+    /// Where `xl save` writes suspended guests; `{state_dir}/xen-save` when unset.
+    pub save_dir: Option<PathBuf>,
 }
 
 /// `[host.simulated]`.
@@ -229,6 +280,8 @@ pub struct CoordinatorConfig {
     pub secret_file: PathBuf,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Mean time between heartbeats while reserved (each is jittered by ±10 %).
+    pub heartbeat_interval: Duration,
 }
 
 /// `[log]`.
@@ -421,6 +474,73 @@ fn resolve_host(raw: RawHost, o: &Overrides, invalid: &Invalid) -> Result<HostCo
         host_reserve,
         guest_overhead: raw.guest_overhead.unwrap_or(MemSize(128)),
         simulated,
+        libvirt: resolve_libvirt(raw.libvirt, invalid)?,
+        xen: resolve_xen(raw.xen, invalid)?,
+    })
+}
+
+fn resolve_libvirt(raw: RawLibvirt, invalid: &Invalid) -> Result<LibvirtConfig, ConfigError> {
+    let uri = raw.uri.unwrap_or_else(|| "qemu:///system".into());
+    if uri.trim().is_empty() {
+        return Err(invalid(
+            "host.libvirt.uri",
+            "is empty".into(),
+            "remove the key to use qemu:///system, or write a libvirt URI",
+        ));
+    }
+    let hugepages_path = raw
+        .hugepages_path
+        .unwrap_or_else(|| PathBuf::from("/proc/sys/vm/nr_hugepages"));
+    if !hugepages_path.is_absolute() {
+        return Err(invalid(
+            "host.libvirt.hugepages_path",
+            format!("`{}` is not an absolute path", hugepages_path.display()),
+            "remove the key to use /proc/sys/vm/nr_hugepages",
+        ));
+    }
+    Ok(LibvirtConfig {
+        uri,
+        hugepages: raw.hugepages.unwrap_or(false),
+        hugepages_path,
+    })
+}
+
+fn resolve_xen(raw: RawXen, invalid: &Invalid) -> Result<XenConfig, ConfigError> {
+    let xl = raw.xl.unwrap_or_else(|| PathBuf::from("xl"));
+    if xl.as_os_str().is_empty() {
+        return Err(invalid(
+            "host.xen.xl",
+            "is empty".into(),
+            "remove the key to run `xl` from PATH, or give the path to xl",
+        ));
+    }
+    let balloon_timeout = raw.balloon_timeout.unwrap_or(Duration::from_secs(30));
+    let command_timeout = raw.command_timeout.unwrap_or(Duration::from_secs(30));
+    for (key, value) in [
+        ("host.xen.balloon_timeout", balloon_timeout),
+        ("host.xen.command_timeout", command_timeout),
+    ] {
+        if value.get().is_zero() {
+            return Err(invalid(
+                key,
+                "is zero".into(),
+                "give xl a few seconds at least, e.g. \"30s\"",
+            ));
+        }
+    }
+    if let Some(dir) = raw.save_dir.as_ref().filter(|d| !d.is_absolute()) {
+        return Err(invalid(
+            "host.xen.save_dir",
+            format!("`{}` is not an absolute path", dir.display()),
+            "use an absolute path such as /var/lib/vmpilot/xen-save",
+        ));
+    }
+    Ok(XenConfig {
+        xl,
+        dom0_min_memory: raw.dom0_min_memory.unwrap_or(MemSize(1024)),
+        balloon_timeout,
+        command_timeout,
+        save_dir: raw.save_dir,
     })
 }
 
@@ -462,6 +582,14 @@ fn resolve_coordinator(
             ));
         }
     }
+    let heartbeat_interval = raw.heartbeat_interval.unwrap_or(Duration::from_secs(30));
+    if heartbeat_interval.get() < std::time::Duration::from_secs(1) {
+        return Err(invalid(
+            "coordinator.heartbeat_interval",
+            format!("{heartbeat_interval} is shorter than a second"),
+            "heartbeats every few tens of seconds are plenty; the default is 30s",
+        ));
+    }
     let Some(secret_file) = raw.secret_file else {
         return Err(invalid(
             "coordinator.secret_file",
@@ -473,6 +601,7 @@ fn resolve_coordinator(
         url: url.trim_end_matches('/').to_string(),
         secret_file,
         timeout: raw.timeout.unwrap_or(Duration::from_secs(5)),
+        heartbeat_interval,
     })
 }
 
@@ -570,6 +699,39 @@ mod tests {
     fn shipped_example_config_is_valid() {
         let text = include_str!("../docs/vmpilot.example.toml");
         resolve(text).unwrap();
+    }
+
+    #[test]
+    fn libvirt_and_xen_sections_have_defaults_and_are_checked() {
+        let c = resolve("").unwrap();
+        assert_eq!(c.host.libvirt.uri, "qemu:///system");
+        assert!(!c.host.libvirt.hugepages);
+        assert_eq!(
+            c.host.libvirt.hugepages_path,
+            Path::new("/proc/sys/vm/nr_hugepages")
+        );
+        assert_eq!(c.host.xen.xl, Path::new("xl"));
+        assert_eq!(c.host.xen.dom0_min_memory, MemSize(1024));
+        assert_eq!(c.host.xen.balloon_timeout, Duration::from_secs(30));
+        let c = resolve(
+            "[host.libvirt]\nuri = \"test:///default\"\nhugepages = true\n[host.xen]\nxl = \"/opt/xl\"\ndom0_min_memory = \"2G\"\nballoon_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.host.libvirt.uri, "test:///default");
+        assert!(c.host.libvirt.hugepages);
+        assert_eq!(c.host.xen.dom0_min_memory, MemSize(2048));
+        let e = err("[host.libvirt]\nurl = \"qemu:///system\"\n");
+        assert!(e.contains("url"), "{e}");
+        let e = err("[host.libvirt]\nuri = \" \"\n");
+        assert!(e.contains("`host.libvirt.uri`"), "{e}");
+        let e = err("[host.libvirt]\nhugepages_path = \"nr\"\n");
+        assert!(e.contains("`host.libvirt.hugepages_path`"), "{e}");
+        let e = err("[host.xen]\nballoon_timeout = 0\n");
+        assert!(e.contains("`host.xen.balloon_timeout`"), "{e}");
+        let e = err("[host.xen]\nsave_dir = \"rel\"\n");
+        assert!(e.contains("`host.xen.save_dir`"), "{e}");
+        let e = err("[host.xen]\ndom0_min = \"1G\"\n");
+        assert!(e.contains("dom0_min"), "{e}");
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::lease::store::{Store, StoreError};
 use crate::lease::{Event, LeaseState};
 
 /// Most time kept back from the budget for restoring the host after guests are stopped
-/// (at most a quarter of the budget).
-const RESTORE_SHARE: Duration = Duration::from_secs(2);
+/// (at most a quarter of the budget): ballooning dom0 back can take seconds.
+const RESTORE_SHARE: Duration = Duration::from_secs(10);
 
 /// Everything needed to end a lease.
 #[derive(Clone)]

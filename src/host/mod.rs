@@ -10,8 +10,11 @@
 //! stand-in that behaves like the real ones (ownership, unreserve policies, failures on
 //! demand); `libvirt` and `xen` are real hypervisors.
 
+pub mod ledger;
+pub mod libvirt;
 pub mod simulated;
 pub mod unreserve;
+pub mod xen;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +149,13 @@ pub trait Host: Send + Sync {
     fn destroy_guest(&self, name: &str) -> Result<(), HostError>;
     /// Save a guest's state to disk and stop it; returns where it was saved.
     fn suspend_guest(&self, name: &str) -> Result<String, HostError>;
+    /// While `share` is reserved: `Some(what)` when the lease's running guests together use
+    /// more memory or CPUs than it was given. The default (backends that cannot tell) says
+    /// nothing is over.
+    fn over_budget(&self, share: &LeaseShare) -> Result<Option<String>, HostError> {
+        let _ = share;
+        Ok(None)
+    }
 }
 
 /// Does `guest` belong to `lease`? With `exclusive`, every guest on the host does.
@@ -162,8 +172,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Host>, HostError> {
             config.host.host_reserve,
             config.host.guest_overhead,
         )?)),
-        backend @ (HostBackend::Libvirt | HostBackend::Xen) => {
-            Err(HostError::Unsupported { backend })
-        }
+        HostBackend::Libvirt => Ok(Arc::new(libvirt::LibvirtHost::open(config)?)),
+        HostBackend::Xen => Ok(Arc::new(xen::XenHost::open(config)?)),
     }
 }

@@ -1,0 +1,545 @@
+//! The libvirt backend against the real libvirtd of the test bed (tests/testbed/up.sh):
+//! real TCG guests defined from tests/testbed/guest.xml.in, the real `vmpilot` binary, real
+//! signals.
+//!
+//! Runs only when `VMPILOT_IT` contains `libvirt` (CI sets `VMPILOT_IT=slurm,libvirt`);
+//! otherwise each test prints why it is skipped. When it is asked for, a libvirtd that does
+//! not answer is a failure. Every test names its domains `vmpilot-it-<test>-<pid>` and
+//! removes them in a drop guard; tests take a shared file lock, and the one that restarts
+//! libvirtd takes it exclusively.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Node, Pilot, history};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const URI: &str = "qemu:///system";
+const LIBVIRTD_PID: &str = "/run/vmpilot-testbed/libvirtd.pid";
+const NS: &str = "https://vmpilot.dev/xmlns/lease/1";
+/// TCG boot to VMPILOT-GUEST-READY is 6–7 s alone; allow for parallel tests on 2 cores.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Should real-libvirt tests run? Prints the reason when not.
+fn enabled(test: &str) -> bool {
+    let it = std::env::var("VMPILOT_IT").unwrap_or_default();
+    if it.split(',').any(|c| c.trim() == "libvirt") {
+        return true;
+    }
+    eprintln!(
+        "skipping {test}: VMPILOT_IT={it:?} does not contain `libvirt` \
+         (bring the test bed up with `sudo tests/testbed/up.sh`, then set VMPILOT_IT=libvirt)"
+    );
+    false
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg("virsh")
+        .args(["-q", "-c", URI])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run virsh (is libvirt-clients installed?)")
+}
+
+fn virsh_ok(args: &[&str]) -> String {
+    let out = virsh(args);
+    assert!(
+        out.status.success(),
+        "virsh {args:?} failed: {}",
+        common::stderr(&out)
+    );
+    common::stdout(&out)
+}
+
+/// The test-wide lock: shared for ordinary tests, exclusive for the libvirtd restart.
+fn suite_lock(exclusive: bool) -> File {
+    let path = std::env::temp_dir().join("vmpilot-libvirt-tests.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    if exclusive {
+        f.lock().unwrap();
+    } else {
+        f.lock_shared().unwrap();
+    }
+    f
+}
+
+/// Fail (not skip) when libvirt was asked for but does not answer.
+fn require_libvirtd() {
+    let out = virsh(&["version"]);
+    assert!(
+        out.status.success(),
+        "VMPILOT_IT asks for libvirt but {URI} does not answer: {}\nhint: run `sudo tests/testbed/up.sh`",
+        common::stderr(&out)
+    );
+}
+
+/// A test's libvirt node: config, state dir, fake hugepage pool file, its domains.
+struct LvNode {
+    node: Node,
+    prefix: String,
+    domains: Vec<String>,
+    _lock: File,
+}
+
+impl LvNode {
+    fn new(test: &str, policy: &str, grace: &str, exclusive_lock: bool) -> LvNode {
+        let lock = suite_lock(exclusive_lock);
+        require_libvirtd();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("vmpilot.toml");
+        let pool = dir.path().join("nr_hugepages");
+        std::fs::write(&pool, "5\n").unwrap();
+        let text = format!(
+            "state_dir = \"{}\"\nnode_name = \"lvnode\"\n\n[lease]\ngrace = \"{grace}\"\nlock_timeout = \"5s\"\nmax_guests = 4\n\n\
+             [host]\nbackend = \"libvirt\"\non_unreserve = \"{policy}\"\nhost_reserve = \"256M\"\nguest_overhead = \"32M\"\n\n\
+             [host.libvirt]\nuri = \"{URI}\"\nhugepages = true\nhugepages_path = \"{}\"\n\n[log]\nlevel = \"debug\"\n",
+            dir.path().join("state").display(),
+            pool.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        LvNode {
+            node: Node { dir, config },
+            prefix: format!("vmpilot-it-{test}-{}", std::process::id()),
+            domains: Vec::new(),
+            _lock: lock,
+        }
+    }
+
+    fn pool(&self) -> String {
+        std::fs::read_to_string(self.node.dir.path().join("nr_hugepages"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn pilot(&self, lease: &str) -> Pilot {
+        self.node.spawn_pilot(&[
+            "--memory",
+            "512M",
+            "--cpus",
+            "1",
+            "--walltime",
+            "10m",
+            "--lease-id",
+            lease,
+        ])
+    }
+
+    fn console(&self, name: &str) -> PathBuf {
+        self.node.dir.path().join(format!("{name}.console.log"))
+    }
+
+    /// Define and start a tiny guest, owned by `lease` (id, epoch) if given.
+    fn start_guest(
+        &mut self,
+        short: &str,
+        lease: Option<(&str, u64)>,
+        ignore_acpi: bool,
+    ) -> String {
+        let name = format!("{}-{short}", self.prefix);
+        let meta = lease
+            .map(|(id, epoch)| {
+                format!("<vmpilot:lease xmlns:vmpilot=\"{NS}\" id=\"{id}\" epoch=\"{epoch}\"/>")
+            })
+            .unwrap_or_default();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/guest-xml.sh");
+        let console = self.console(&name);
+        let args = if ignore_acpi {
+            "vmpilot.ignore_acpi"
+        } else {
+            ""
+        };
+        let out = Command::new(script)
+            .args([
+                name.as_str(),
+                "",
+                "131072",
+                &console.display().to_string(),
+                args,
+                &meta,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let xml = self.node.dir.path().join(format!("{name}.xml"));
+        std::fs::write(&xml, &out.stdout).unwrap();
+        self.domains.push(name.clone());
+        virsh_ok(&["define", &xml.display().to_string()]);
+        virsh_ok(&["start", &name]);
+        name
+    }
+
+    /// Wait until the guest's init says it is ready (its acpid runs, if it has one).
+    fn wait_ready(&self, name: &str) {
+        let until = Instant::now() + BOOT_TIMEOUT;
+        let console = self.console(name);
+        loop {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            if text.contains("VMPILOT-GUEST-READY") {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{name} did not boot within {BOOT_TIMEOUT:?}; console:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LvNode {
+    fn drop(&mut self) {
+        for name in &self.domains {
+            let _ = virsh(&["destroy", name]);
+            let _ = virsh(&["undefine", "--managed-save", name]);
+        }
+    }
+}
+
+fn domstate(name: &str) -> String {
+    common::stdout(&virsh(&["domstate", "--reason", name]))
+        .trim()
+        .to_string()
+}
+
+fn fates(record: &Value) -> Vec<(String, String)> {
+    record["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().to_string(),
+                g["fate"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The ledger holds no lease and the pool file is back at its value before the lease.
+fn assert_restored(lv: &LvNode, record: &Value) {
+    assert_eq!(record["state"], "unreserved", "{record}");
+    assert_eq!(lv.pool(), "5", "hugepage pool restored exactly");
+    let ledger: Value = serde_json::from_slice(
+        &std::fs::read(lv.node.state_dir().join("libvirt-ledger.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ledger["leases"], serde_json::json!({}), "{ledger}");
+    assert_eq!(ledger["node_baseline"], Value::Null, "{ledger}");
+}
+
+#[test]
+fn shutdown_policy_stops_owned_guests_and_spares_the_rest() {
+    if !enabled("shutdown_policy_stops_owned_guests_and_spares_the_rest") {
+        return;
+    }
+    let mut lv = LvNode::new("shutdown", "shutdown", "20s", false);
+    let pilot = lv.pilot("lv1");
+    let r = lv.node.wait_state("lv1", "reserved");
+    assert_eq!(lv.pool(), "261", "512 MiB = 256 pages added to 5");
+    assert_eq!(r["baseline"]["hugepages"]["before"], 5, "{r}");
+    let epoch = r["epoch"].as_u64().unwrap();
+    let a = lv.start_guest("a", Some(("lv1", epoch)), false);
+    let b = lv.start_guest("b", Some(("lv1", epoch)), false);
+    let bystander = lv.start_guest("bystander", None, false);
+    // ACPI shutdown works only once the guest's acpid runs.
+    lv.wait_ready(&a);
+    lv.wait_ready(&b);
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = lv.node.record("lv1").unwrap();
+    assert_eq!(
+        history(&r),
+        ["reserving", "reserved", "unreserving", "unreserved"]
+    );
+    assert_eq!(
+        fates(&r),
+        [
+            (a.clone(), "shut-down".to_string()),
+            (b.clone(), "shut-down".to_string())
+        ],
+        "{r}"
+    );
+    for name in [&a, &b] {
+        assert!(domstate(name).starts_with("shut off"), "{name}");
+        let console = std::fs::read_to_string(lv.console(name)).unwrap();
+        assert!(console.contains("VMPILOT-GUEST-POWEROFF"), "{console}");
+    }
+    assert_eq!(domstate(&bystander), "running (booted)", "untouched");
+    assert_restored(&lv, &r);
+}
+
+/// A guest that ignores ACPI is destroyed when the grace runs out, within the bound.
+#[test]
+fn a_guest_ignoring_acpi_is_destroyed_when_the_grace_runs_out() {
+    if !enabled("a_guest_ignoring_acpi_is_destroyed_when_the_grace_runs_out") {
+        return;
+    }
+    let mut lv = LvNode::new("stubborn", "shutdown", "12s", false);
+    let pilot = lv.pilot("lv5");
+    let epoch = lv.node.wait_state("lv5", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let stubborn = lv.start_guest("stubborn", Some(("lv5", epoch)), true);
+    lv.wait_ready(&stubborn);
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = lv.node.record("lv5").unwrap();
+    assert_eq!(
+        fates(&r),
+        [(stubborn.clone(), "destroyed".to_string())],
+        "{r}"
+    );
+    assert_eq!(
+        r["guests"][0]["detail"],
+        "did not shut down within the grace"
+    );
+    assert!(domstate(&stubborn).starts_with("shut off"));
+    let console = std::fs::read_to_string(lv.console(&stubborn)).unwrap();
+    assert!(console.contains("VMPILOT-GUEST-ACPI ignored"), "{console}");
+    assert_restored(&lv, &r);
+}
+
+#[test]
+fn suspend_policy_managed_saves_owned_guests() {
+    if !enabled("suspend_policy_managed_saves_owned_guests") {
+        return;
+    }
+    let mut lv = LvNode::new("suspend", "suspend", "30s", false);
+    let pilot = lv.pilot("lv2");
+    let epoch = lv.node.wait_state("lv2", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let a = lv.start_guest("a", Some(("lv2", epoch)), false);
+    let b = lv.start_guest("b", Some(("lv2", epoch)), true);
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = lv.node.record("lv2").unwrap();
+    assert_eq!(
+        fates(&r),
+        [
+            (a.clone(), "suspended".to_string()),
+            (b.clone(), "suspended".to_string())
+        ],
+        "{r}"
+    );
+    for (i, name) in [&a, &b].into_iter().enumerate() {
+        let saved = r["guests"][i]["detail"].as_str().unwrap();
+        assert_eq!(saved, format!("/var/lib/libvirt/qemu/save/{name}.save"));
+        assert!(Path::new(saved).exists(), "{saved}");
+        assert_eq!(domstate(name), "shut off (saved)");
+    }
+    assert_restored(&lv, &r);
+}
+
+#[test]
+fn destroy_policy_stops_owned_guests_at_once() {
+    if !enabled("destroy_policy_stops_owned_guests_at_once") {
+        return;
+    }
+    let mut lv = LvNode::new("destroy", "destroy", "60s", false);
+    let pilot = lv.pilot("lv3");
+    let epoch = lv.node.wait_state("lv3", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let a = lv.start_guest("a", Some(("lv3", epoch)), false);
+    let b = lv.start_guest("b", Some(("lv3", epoch)), false);
+    let other = lv.start_guest("other", Some(("someone-else", 1)), false);
+    let started = Instant::now();
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "destroy does not wait for the 60 s grace: {:?}",
+        started.elapsed()
+    );
+    let r = lv.node.record("lv3").unwrap();
+    assert_eq!(
+        fates(&r),
+        [
+            (a.clone(), "destroyed".to_string()),
+            (b.clone(), "destroyed".to_string())
+        ]
+    );
+    assert_eq!(domstate(&a), "shut off (destroyed)");
+    assert_eq!(
+        domstate(&other),
+        "running (booted)",
+        "another lease's guest"
+    );
+    assert_restored(&lv, &r);
+}
+
+#[test]
+fn guests_and_budget_are_read_through_the_api() {
+    use vmpilot::host::{Host, LeaseShare, libvirt::LibvirtHost};
+    if !enabled("guests_and_budget_are_read_through_the_api") {
+        return;
+    }
+    let mut lv = LvNode::new("budget", "destroy", "10s", false);
+    let config = vmpilot::config::Config::load(&lv.node.config, true, &Default::default()).unwrap();
+    let host = LibvirtHost::open(&config).unwrap();
+    let name = lv.start_guest("g", Some(("lvb", 4)), false);
+    let g = host
+        .guests()
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name == name)
+        .unwrap();
+    assert!(g.running);
+    assert_eq!((g.memory_mib, g.vcpus), (128, 1));
+    let owner = g.owner.unwrap();
+    assert_eq!((owner.lease_id.as_str(), owner.epoch), ("lvb", 4));
+    let mut share = LeaseShare {
+        lease_id: "lvb".parse().unwrap(),
+        epoch: 4,
+        memory_mib: 64,
+        cpus: 1,
+        max_guests: 1,
+    };
+    let over = host.over_budget(&share).unwrap().unwrap();
+    assert!(over.contains("128 MiB") && over.contains(&name), "{over}");
+    share.memory_mib = 128;
+    assert_eq!(host.over_budget(&share).unwrap(), None);
+    host.destroy_guest(&name).unwrap();
+    // Destroying what is off already is not an error; an unknown name is.
+    host.destroy_guest(&name).unwrap();
+    let g = host
+        .guests()
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name == name)
+        .unwrap();
+    assert!(!g.running, "inactive persistent domains are listed too");
+    assert!(matches!(
+        host.shutdown_guest(&format!("{name}-nope")),
+        Err(vmpilot::host::HostError::NoSuchGuest(_))
+    ));
+    // Admission refuses with numbers and changes nothing.
+    let e = host
+        .reserve(&LeaseShare {
+            lease_id: "huge".parse().unwrap(),
+            epoch: 1,
+            memory_mib: 1 << 30,
+            cpus: 1,
+            max_guests: 1,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("needs 1073741856 MiB") && e.contains("256 MiB host reserve"),
+        "{e}"
+    );
+    assert_eq!(lv.pool(), "5");
+}
+
+/// libvirtd's pid from the test bed's pid file.
+fn libvirtd_pid() -> Option<i32> {
+    std::fs::read_to_string(LIBVIRTD_PID)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Start libvirtd the way tests/testbed/up.sh does and wait until it answers.
+fn start_libvirtd() {
+    let status = Command::new("/usr/sbin/libvirtd")
+        .args(["-d", "-p", LIBVIRTD_PID])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "libvirtd -d failed: {status}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !virsh(&["list"]).status.success() {
+        assert!(
+            Instant::now() < until,
+            "libvirtd did not answer within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Makes sure libvirtd runs again even when the test fails half-way.
+struct RestartGuard;
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        if !virsh(&["version"]).status.success() && libvirtd_pid().is_none() {
+            start_libvirtd();
+        }
+    }
+}
+
+#[test]
+fn a_lease_survives_a_libvirtd_restart() {
+    if !enabled("a_lease_survives_a_libvirtd_restart") {
+        return;
+    }
+    let mut lv = LvNode::new("restart", "destroy", "30s", true);
+    let _guard = RestartGuard;
+    let pid = libvirtd_pid().unwrap_or_else(|| {
+        panic!("no live libvirtd in {LIBVIRTD_PID}: this test restarts the test bed's libvirtd (tests/testbed/up.sh)")
+    });
+    let pilot = lv.pilot("lv4");
+    let epoch = lv.node.wait_state("lv4", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let g = lv.start_guest("g", Some(("lv4", epoch)), false);
+    // Stop libvirtd (its guests keep running) and wait until it is gone.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while libvirtd_pid() == Some(pid) && !is_zombie(pid) {
+        assert!(Instant::now() < until, "libvirtd {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let down = lv.node.run(&["check-config"]);
+    assert_eq!(down.status.code(), Some(3), "unreachable while down");
+    assert!(common::stderr(&down).contains("not reachable"));
+    start_libvirtd();
+    assert_eq!(
+        domstate(&g),
+        "running (booted)",
+        "the guest outlived libvirtd"
+    );
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = lv.node.record("lv4").unwrap();
+    assert_eq!(fates(&r), [(g.clone(), "destroyed".to_string())], "{r}");
+    assert!(domstate(&g).starts_with("shut off"));
+    assert_restored(&lv, &r);
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
