@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::coordinator::directive::{self, Directive};
 use crate::coordinator::event::{EventBody, EventEnvelope};
 use crate::coordinator::outbox::Outbox;
 use crate::deadline;
@@ -50,6 +52,20 @@ pub struct LeaseRequest {
     pub grace: Duration,
     /// Batch job id.
     pub job_id: Option<String>,
+}
+
+/// The heartbeat task and the record it reports; the task stops when this is dropped.
+struct Heartbeats {
+    record: watch::Sender<LeaseRecord>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
 }
 
 struct Pilot {
@@ -216,18 +232,95 @@ impl Pilot {
     /// Sleep until it is time to unreserve or a signal says so.
     async fn hold(&mut self) -> Event {
         progress::start(&self.record);
-        let unreserve_at = self
-            .deadline
-            .checked_sub(self.grace)
-            .unwrap_or(self.deadline);
-        let sig = tokio::select! {
-            _ = tokio::time::sleep_until(unreserve_at.into()) => return Event::Deadline,
-            sig = self.signals.recv() => sig,
+        let (mut directives, heartbeats) = self.start_heartbeats();
+        let event = loop {
+            let unreserve_at = deadline::unreserve_at(self.deadline, self.grace);
+            let sig = tokio::select! {
+                _ = tokio::time::sleep_until(unreserve_at.into()) => break Event::Deadline,
+                sig = self.signals.recv() => sig,
+                Some(d) = directives.recv() => match d {
+                    Directive::Release { .. } => {
+                        tracing::info!(lease = %self.record.lease_id, "coordinator released the lease");
+                        break Event::CoordinatorRelease;
+                    }
+                    Directive::Shorten { deadline, .. } => {
+                        if let Err(e) = self.shorten(deadline, &heartbeats) {
+                            tracing::error!(error = %e, "cannot persist the shortened deadline");
+                        }
+                        continue;
+                    }
+                },
+            };
+            break match sig {
+                Some(sig) => self.signal_event(&sig).await,
+                None => Event::Deadline,
+            };
         };
-        match sig {
-            Some(sig) => self.signal_event(&sig).await,
-            None => Event::Deadline,
+        drop(heartbeats);
+        event
+    }
+
+    /// Heartbeats while reserved, in their own task so a slow coordinator never delays a
+    /// signal or the deadline. Directives from the replies come back on the channel; the
+    /// watch carries the record so heartbeats show the current deadline.
+    fn start_heartbeats(&self) -> (mpsc::Receiver<Directive>, Heartbeats) {
+        let (tx, rx) = mpsc::channel(8);
+        let (record_tx, record_rx) = watch::channel(self.record.clone());
+        let Some(interval) = self
+            .releaser
+            .config
+            .coordinator
+            .as_ref()
+            .map(|c| c.heartbeat_interval.get())
+        else {
+            return (
+                rx,
+                Heartbeats {
+                    record: record_tx,
+                    task: None,
+                },
+            );
+        };
+        let outbox = self.outbox.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval.mul_f64(rand::random_range(0.9..1.1))).await;
+                let record = record_rx.borrow().clone();
+                let Some(reply) = outbox.send_now(&EventEnvelope::heartbeat(&record)).await else {
+                    continue;
+                };
+                for d in directive::for_lease(&reply, &record.lease_id, record.epoch) {
+                    if tx.send(d).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (
+            rx,
+            Heartbeats {
+                record: record_tx,
+                task: Some(task),
+            },
+        )
+    }
+
+    /// Move the deadline earlier (never later), on the monotonic clock too.
+    fn shorten(&mut self, to: OffsetDateTime, heartbeats: &Heartbeats) -> anyhow::Result<()> {
+        if to >= self.record.deadline {
+            tracing::warn!(lease = %self.record.lease_id, current = %self.record.deadline, asked = %to, "ignoring a shorten directive that is not earlier than the deadline");
+            return Ok(());
         }
+        let earlier = (self.record.deadline - to).unsigned_abs();
+        self.deadline = self
+            .deadline
+            .checked_sub(earlier)
+            .unwrap_or_else(Instant::now);
+        self.record.deadline = to;
+        self.releaser.store.save(&self.record)?;
+        let _ = heartbeats.record.send(self.record.clone());
+        tracing::info!(lease = %self.record.lease_id, deadline = %to, "coordinator shortened the lease");
+        Ok(())
     }
 
     /// What a signal means: an admin kill while a kill request stands, a preemption when

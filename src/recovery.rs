@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::coordinator::event::{EventBody, EventEnvelope};
 use crate::coordinator::outbox::Outbox;
 use crate::lease::record::LeaseRecord;
+use crate::lease::store::Store;
 use crate::lease::{Event, LeaseState};
 use crate::release::Releaser;
 
@@ -63,26 +64,30 @@ impl Outcome {
     }
 }
 
-/// Recover (or kill) every lease in `scope`. Never stops at the first failure.
-pub async fn recover_all(
-    releaser: &Releaser,
-    outbox: &Arc<Outbox>,
-    scope: &Scope,
-    trigger: &Trigger,
-    budget: Duration,
-) -> anyhow::Result<Vec<Outcome>> {
-    let mut outcomes = Vec::new();
-    for entry in releaser.store.list()? {
-        let mut record = match entry {
+/// What recovery will do with each record, decided without touching the host.
+#[derive(Debug)]
+pub enum Planned {
+    /// Nothing to do (finished, pilot alive, unreadable): the outcome is known already.
+    Known(Outcome),
+    /// This lease must be finished.
+    Finish(Box<LeaseRecord>),
+}
+
+/// Look at every record in `scope` and decide. Cheap: reads records and `/proc` only, so an
+/// epilog on a node with nothing to recover never needs the hypervisor.
+pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<Vec<Planned>> {
+    let mut planned = Vec::new();
+    for entry in store.list()? {
+        let record = match entry {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "unreadable lease record");
-                outcomes.push(Outcome {
+                planned.push(Planned::Known(Outcome {
                     lease: "?".into(),
                     from: None,
                     to: None,
                     note: e.to_string(),
-                });
+                }));
                 continue;
             }
         };
@@ -91,13 +96,59 @@ pub async fn recover_all(
         {
             continue;
         }
-        if let Some(o) = skip_reason(&record, scope, trigger) {
-            outcomes.push(o);
-            continue;
-        }
-        outcomes.push(recover_one(releaser, outbox, &mut record, trigger, budget).await?);
+        planned.push(match skip_reason(&record, scope, trigger) {
+            Some(o) => Planned::Known(o),
+            None => Planned::Finish(Box::new(record)),
+        });
+    }
+    Ok(planned)
+}
+
+/// Does the plan need the host?
+pub fn needs_host(plan: &[Planned]) -> bool {
+    plan.iter().any(|p| matches!(p, Planned::Finish(_)))
+}
+
+/// Carry out a plan. Never stops at the first failure.
+pub async fn execute(
+    releaser: &Releaser,
+    outbox: &Arc<Outbox>,
+    plan: Vec<Planned>,
+    trigger: &Trigger,
+    budget: Duration,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    for p in plan {
+        outcomes.push(match p {
+            Planned::Known(o) => o,
+            Planned::Finish(mut record) => {
+                recover_one(releaser, outbox, &mut record, trigger, budget).await?
+            }
+        });
     }
     Ok(outcomes)
+}
+
+/// The outcomes of a plan that needs no host work.
+pub fn known_outcomes(plan: Vec<Planned>) -> Vec<Outcome> {
+    plan.into_iter()
+        .filter_map(|p| match p {
+            Planned::Known(o) => Some(o),
+            Planned::Finish(_) => None,
+        })
+        .collect()
+}
+
+/// Recover (or kill) every lease in `scope`: [`plan`] then [`execute`].
+pub async fn recover_all(
+    releaser: &Releaser,
+    outbox: &Arc<Outbox>,
+    scope: &Scope,
+    trigger: &Trigger,
+    budget: Duration,
+) -> anyhow::Result<Vec<Outcome>> {
+    let planned = plan(&releaser.store, scope, trigger)?;
+    execute(releaser, outbox, planned, trigger, budget).await
 }
 
 /// PBS epilogues pass `123.server` while a PBS-on-Slurm shim may record `123`: compare the

@@ -133,6 +133,11 @@ fn coordinator_down_for_the_whole_lease_then_up_gets_every_event_exactly_once() 
     assert!(node.reservations().is_empty());
     let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "d2"]);
     node.wait_state("d2", "reserved");
+    // The `reserved` event is spooled just after the state is saved; kill after both.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.spooled() < 4 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     pilot.signal(Signal::SIGKILL);
     pilot.finish();
     let spooled_before = node.spooled();
@@ -240,5 +245,115 @@ fn a_world_readable_secret_is_refused_before_anything_changes() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     assert!(node.record("s").is_none());
+    assert!(node.reservations().is_empty());
+}
+
+fn node_with_heartbeats(url: &str) -> Node {
+    let node = node_with_coordinator(url);
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(&node.config, format!("{text}heartbeat_interval = \"1s\"\n")).unwrap();
+    node
+}
+
+#[test]
+fn heartbeats_flow_while_reserved_and_a_release_directive_ends_the_lease() {
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node_with_heartbeats(&coordinator.url);
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "h1"]);
+    node.wait_state("h1", "reserved");
+    // Let a couple of heartbeats through before asking for the node back.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let beats = coordinator.with_log(|l| {
+        l.applied
+            .iter()
+            .filter(|e| e["type"] == "heartbeat" && e["lease_id"] == "h1")
+            .count()
+    });
+    assert!(beats >= 1, "no heartbeat while reserved");
+    coordinator.set_directives(vec![
+        serde_json::json!({"type": "release", "lease_id": "h1", "epoch": 1}),
+    ]);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 0, "{err}");
+    let r = node.record("h1").unwrap();
+    assert_eq!(r["end_reason"], "coordinator-release");
+    assert!(node.reservations().is_empty());
+    coordinator.with_log(|l| {
+        let hb = l.applied.iter().find(|e| e["type"] == "heartbeat").unwrap();
+        assert_eq!(hb["state"], "reserved");
+        assert_eq!(hb["epoch"], 1);
+        assert!(hb["deadline"].as_str().is_some());
+    });
+}
+
+#[test]
+fn a_directive_for_a_stale_epoch_or_another_lease_does_nothing() {
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    coordinator.set_directives(vec![
+        serde_json::json!({"type": "release", "lease_id": "h2", "epoch": 7}),
+        serde_json::json!({"type": "release", "lease_id": "someone-else", "epoch": 1}),
+        serde_json::json!({"type": "self-destruct", "lease_id": "h2", "epoch": 1}),
+    ]);
+    let node = node_with_heartbeats(&coordinator.url);
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "5s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "h2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.record("h2").unwrap()["end_reason"], "deadline");
+    assert!(stderr(&out).contains("stale epoch"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not understand"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_shorten_directive_moves_the_deadline_earlier_but_never_later() {
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node_with_heartbeats(&coordinator.url);
+    let pilot = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "5m",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "h3",
+    ]);
+    let r = node.wait_state("h3", "reserved");
+    let original = r["deadline"].as_str().unwrap().to_string();
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(5))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let sooner = (time::OffsetDateTime::now_utc() + time::Duration::seconds(4))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    coordinator.set_directives(vec![
+        serde_json::json!({"type": "shorten", "lease_id": "h3", "epoch": 1, "deadline": later}),
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        node.record("h3").unwrap()["deadline"],
+        original.as_str(),
+        "a later deadline was applied"
+    );
+    coordinator.set_directives(vec![
+        serde_json::json!({"type": "shorten", "lease_id": "h3", "epoch": 1, "deadline": sooner}),
+    ]);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 0, "{err}");
+    let r = node.record("h3").unwrap();
+    assert_eq!(r["end_reason"], "deadline");
+    assert_eq!(r["deadline"], sooner.as_str());
     assert!(node.reservations().is_empty());
 }

@@ -119,8 +119,10 @@ fn check_config_prints_what_it_resolved_and_changes_nothing() {
 }
 
 #[test]
-fn the_libvirt_backend_is_reported_unavailable_not_faked() {
-    let node = Node::new("");
+fn an_unreachable_libvirt_is_refused_before_anything_changes() {
+    let node = Node::new(
+        "[host.libvirt]\nuri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"\n",
+    );
     let out = node.run(&[
         "run",
         "--host",
@@ -202,4 +204,25 @@ fn a_corrupt_record_gives_a_clear_error_and_a_safe_recover() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn recover_on_a_node_that_never_hosted_does_nothing_and_creates_nothing() {
+    // What the batch epilog runs after every job: it must not need the hypervisor (this
+    // config's libvirt is unreachable) nor create the state directory.
+    let node = Node::new(
+        "[host.libvirt]\nuri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"\n",
+    );
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("backend = \"simulated\"", "backend = \"libvirt\"");
+    std::fs::write(&node.config, text).unwrap();
+    let out = node.run(&["recover", "--job", "12345"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("nothing to recover"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!node.state_dir().exists());
 }

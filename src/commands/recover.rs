@@ -16,22 +16,36 @@ use super::{Globals, init_logging};
 /// Entry point.
 pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<ExitStatus> {
     let config = globals.load(Overrides::default())?;
+    // An epilog runs this after every job: on a node that never hosted a lease there is
+    // nothing to do, and nothing (not even the state directory) is created.
+    if !config.state_dir.join("leases").is_dir() {
+        println!(
+            "nothing to recover: no lease records in {}",
+            config.state_dir.display()
+        );
+        return Ok(ExitStatus::Success);
+    }
     init_logging(&config);
     let store = Store::open(&config.state_dir)?;
-    let outbox = Outbox::open(&config)?;
-    let host = crate::host::open(&config)?;
-    let budget = config.lease.grace.get();
-    let releaser = Releaser {
-        config,
-        store,
-        host,
-    };
     let scope = Scope {
         job: args.job,
         boot: args.boot,
     };
-    let outcomes =
-        recovery::recover_all(&releaser, &outbox, &scope, &Trigger::PilotLost, budget).await?;
+    let trigger = Trigger::PilotLost;
+    let planned = recovery::plan(&store, &scope, &trigger)?;
+    let outbox = Outbox::open(&config)?;
+    let outcomes = if recovery::needs_host(&planned) {
+        let host = crate::host::open(&config)?;
+        let budget = config.lease.grace.get();
+        let releaser = Releaser {
+            config,
+            store,
+            host,
+        };
+        recovery::execute(&releaser, &outbox, planned, &trigger, budget).await?
+    } else {
+        recovery::known_outcomes(planned)
+    };
     // Deliver what this and earlier runs left in the spool; bounded, the rest waits.
     outbox.flush(Duration::from_secs(10)).await;
     print!("{}", recovery::summary_table(&outcomes));

@@ -54,6 +54,15 @@ pub enum EventBody {
         /// Seconds before the deadline at which unreserving starts.
         grace_secs: u64,
     },
+    /// The lease is alive and holds the node (sent while reserved, not spooled: a late
+    /// heartbeat is worthless). Its `seq` is that of the last durable event.
+    Heartbeat {
+        /// The current deadline.
+        #[serde(with = "time::serde::rfc3339")]
+        deadline: OffsetDateTime,
+        /// The lease state.
+        state: LeaseState,
+    },
     /// The lease is ending; guests are being stopped.
     Unreserving {
         /// Why.
@@ -103,6 +112,7 @@ impl EventBody {
     pub fn kind(&self) -> &'static str {
         match self {
             EventBody::Reserved { .. } => "reserved",
+            EventBody::Heartbeat { .. } => "heartbeat",
             EventBody::Unreserving { .. } => "unreserving",
             EventBody::Unreserved { .. } => "unreserved",
             EventBody::Failed { .. } => "failed",
@@ -113,6 +123,24 @@ impl EventBody {
 }
 
 impl EventEnvelope {
+    /// A heartbeat for `record`: not durable, so it takes no sequence number of its own.
+    pub fn heartbeat(record: &LeaseRecord) -> Self {
+        EventEnvelope {
+            protocol: PROTOCOL_VERSION,
+            event_id: uuid::Uuid::new_v4().to_string(),
+            lease_id: record.lease_id.clone(),
+            epoch: record.epoch,
+            seq: record.next_seq.saturating_sub(1),
+            node: record.node.clone(),
+            job_id: record.job_id.clone(),
+            time: OffsetDateTime::now_utc(),
+            body: EventBody::Heartbeat {
+                deadline: record.deadline,
+                state: record.state,
+            },
+        }
+    }
+
     /// A new event for `record`, taking its next sequence number (the caller persists the
     /// record afterwards so numbers are never reused).
     pub fn new(record: &mut LeaseRecord, body: EventBody) -> Self {

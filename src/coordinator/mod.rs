@@ -7,6 +7,7 @@
 //! oldest first. Event ids make re-delivery harmless on the coordinator's side.
 
 pub mod client;
+pub mod directive;
 pub mod event;
 pub mod outbox;
 pub mod signature;

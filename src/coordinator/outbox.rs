@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::Notify;
 
-use super::client::CoordinatorClient;
+use super::client::{CoordinatorClient, PostOutcome};
 use super::event::EventEnvelope;
 use super::signature::Secret;
 use super::spool::{Backlog, DeliveryReport, Spool, SpoolError};
@@ -101,6 +101,28 @@ impl Outbox {
             tokio::time::sleep(backoff.mul_f64(jitter)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Send an event now, without spooling it (heartbeats); returns the reply body on a 2xx.
+    pub async fn send_now(&self, event: &EventEnvelope) -> Option<String> {
+        let client = self.client.as_ref()?;
+        let body = serde_json::to_vec(event).expect("event serializes");
+        match client.post_event(&body, Duration::from_secs(60)).await {
+            PostOutcome::Accepted(reply) => Some(reply),
+            PostOutcome::Rejected { status, body } => {
+                tracing::error!(%status, reply = %body, event = event.body.kind(), "coordinator rejected an event");
+                None
+            }
+            PostOutcome::Transient(why) => {
+                tracing::debug!(why = %why, event = event.body.kind(), "coordinator unreachable");
+                None
+            }
+        }
+    }
+
+    /// Is a coordinator configured?
+    pub fn has_coordinator(&self) -> bool {
+        self.client.is_some()
     }
 
     /// Backlog for `status`; `None` without a coordinator.

@@ -40,6 +40,8 @@ struct Shared {
     secret: Secret,
     mode: Mode,
     log: Mutex<Log>,
+    /// Directives returned in every 200 reply.
+    directives: Mutex<Vec<Value>>,
 }
 
 pub struct TestCoordinator {
@@ -58,7 +60,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let status = apply(&shared, &headers, &body);
+    let reply = if status == StatusCode::OK {
+        serde_json::json!({"status": "applied", "directives": *shared.directives.lock().unwrap()})
+            .to_string()
+    } else {
+        String::new()
+    };
+    (status, reply)
+}
+
+fn apply(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> StatusCode {
     let mut log = shared.log.lock().unwrap();
     log.posts += 1;
     match shared.mode {
@@ -74,19 +91,11 @@ async fn events(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    if verify(
-        std::slice::from_ref(&shared.secret),
-        header,
-        &body,
-        now,
-        300,
-    )
-    .is_err()
-    {
+    if verify(std::slice::from_ref(&shared.secret), header, body, now, 300).is_err() {
         log.bad_signatures += 1;
         return StatusCode::UNAUTHORIZED;
     }
-    let Ok(event) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(event) = serde_json::from_slice::<Value>(body) else {
         return StatusCode::BAD_REQUEST;
     };
     if log
@@ -113,6 +122,7 @@ impl TestCoordinator {
             secret: Secret::new(secret),
             mode,
             log: Mutex::new(Log::default()),
+            directives: Mutex::new(Vec::new()),
         });
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -145,17 +155,22 @@ impl TestCoordinator {
         }
     }
 
+    /// Return these directives in every reply from now on.
+    pub fn set_directives(&self, directives: Vec<Value>) {
+        *self.shared.directives.lock().unwrap() = directives;
+    }
+
     /// Inspect what arrived.
     pub fn with_log<T>(&self, f: impl FnOnce(&Log) -> T) -> T {
         f(&self.shared.log.lock().unwrap())
     }
 
-    /// Types of applied events for one lease, in arrival order.
+    /// Types of applied durable events (heartbeats left out) for one lease, in order.
     pub fn types_for(&self, lease: &str) -> Vec<String> {
         self.with_log(|l| {
             l.applied
                 .iter()
-                .filter(|e| e["lease_id"] == lease)
+                .filter(|e| e["lease_id"] == lease && e["type"] != "heartbeat")
                 .map(|e| e["type"].as_str().unwrap().to_string())
                 .collect()
         })
