@@ -1,0 +1,115 @@
+//! `vmpilot kill-all`, the emergency brake: real pilots, real signals, the simulated host.
+
+mod common;
+
+use common::coordinator::{Mode, TestCoordinator};
+use common::{Node, bin, stderr, stdout};
+use std::process::Command;
+
+const SECRET: &str = "kill-all-secret-0123456789";
+
+fn node_with_coordinator(url: &str) -> Node {
+    let node = Node::new("");
+    let secret = node.secret_file(SECRET);
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        format!("{text}\n[coordinator]\nurl = \"{url}\"\nsecret_file = \"{}\"\n", secret.display()),
+    )
+    .unwrap();
+    node
+}
+
+#[test]
+fn fast_kill_all_stops_every_pilot_and_owned_guest_and_restores_the_node() {
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node_with_coordinator(&coordinator.url);
+    let a = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--grace", "60s", "--lease-id", "ka"]);
+    let b = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--grace", "60s", "--lease-id", "kb"]);
+    node.wait_state("ka", "reserved");
+    node.wait_state("kb", "reserved");
+    node.add_guest("ka-slow", Some("ka"), &["--shutdown-delay", "10m"]);
+    node.add_guest("kb-stubborn", Some("kb"), &["--ignore-shutdown"]);
+    node.add_guest("bystander", None, &[]);
+    let out = node.run(&["kill-all", "--level", "fast", "--reason", "rack on fire"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(a.finish().0, 5, "ended by signal, restored");
+    assert_eq!(b.finish().0, 5);
+    for lease in ["ka", "kb"] {
+        let r = node.record(lease).unwrap();
+        assert_eq!(r["state"], "unreserved", "{r}");
+        assert_eq!(r["end_reason"], "admin");
+        assert_eq!(r["guests"][0]["fate"], "destroyed", "fast: no ACPI wait: {r}");
+    }
+    assert_eq!(node.guest_state("bystander"), "running", "unowned guests are never touched");
+    assert!(node.reservations().is_empty());
+    assert!(!node.state_dir().join("kill-request.json").exists());
+    coordinator.with_log(|l| {
+        let killed: Vec<_> = l.applied.iter().filter(|e| e["type"] == "killed").collect();
+        assert_eq!(killed.len(), 2, "{:?}", l.applied);
+        assert!(killed.iter().all(|k| k["why"] == "rack on fire" && k["by"] == "root"));
+    });
+}
+
+#[test]
+fn graceful_kill_all_gives_guests_their_acpi_shutdown() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "kg"]);
+    node.wait_state("kg", "reserved");
+    node.add_guest("polite", Some("kg"), &["--shutdown-delay", "300ms"]);
+    let out = node.run(&["kill-all", "--level", "graceful"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(pilot.finish().0, 5);
+    let r = node.record("kg").unwrap();
+    assert_eq!(r["guests"][0]["fate"], "shut-down");
+    assert_eq!(r["end_reason"], "admin");
+}
+
+#[test]
+fn kill_all_finishes_the_lease_of_a_pilot_that_is_already_dead() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "kd"]);
+    node.wait_state("kd", "reserved");
+    pilot.signal(nix::sys::signal::Signal::SIGKILL);
+    pilot.finish();
+    let out = node.run(&["kill-all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("kd"), "summary lists the lease: {}", stdout(&out));
+    assert_eq!(node.record("kd").unwrap()["state"], "unreserved");
+    assert_eq!(node.record("kd").unwrap()["end_reason"], "admin");
+    assert!(node.reservations().is_empty());
+}
+
+#[test]
+fn kill_all_while_a_pilot_is_mid_reserve_rolls_it_back() {
+    let node = Node::new("");
+    node.fault("reserve", "hang", 1, "1500ms");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "km"]);
+    node.wait_state("km", "reserving");
+    let out = node.run(&["kill-all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    pilot.finish();
+    let r = node.record("km").unwrap();
+    assert_eq!(r["state"], "unreserved", "{r}");
+    assert!(node.reservations().is_empty(), "{:?}", node.host());
+}
+
+#[test]
+fn kill_all_with_nothing_running_is_a_no_op_and_idempotent() {
+    let node = Node::new("");
+    for _ in 0..2 {
+        let out = node.run(&["kill-all"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn kill_all_refuses_to_run_as_a_normal_user() {
+    // setpriv (util-linux) drops to nobody; the refusal comes before any file is read.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin(), "kill-all"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
+}
