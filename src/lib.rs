@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod coordinator;
+pub mod crashpoint;
 pub mod deadline;
 pub mod exec;
 pub mod exit;

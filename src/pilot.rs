@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::crashpoint::{self, Point};
 use crate::coordinator::directive::{self, Directive};
 use crate::coordinator::event::{EventBody, EventEnvelope};
 use crate::coordinator::outbox::Outbox;
@@ -117,6 +118,7 @@ pub async fn run(
         history: Vec::new(),
     };
     store.save(&record)?;
+    crashpoint::hit(Point::BeginSaved);
     tracing::info!(lease = %record.lease_id, epoch, job = ?record.job_id, deadline = %record.deadline, state = "begin", "lease created");
     let delivery = tokio::spawn(outbox.clone().deliver_forever());
     let mut pilot = Pilot {
@@ -184,6 +186,7 @@ impl Pilot {
             }
         };
         self.apply(&Event::Start)?;
+        crashpoint::hit(Point::ReservingSaved);
         let share = LeaseShare {
             lease_id: self.record.lease_id.clone(),
             epoch: self.record.epoch,
@@ -201,8 +204,10 @@ impl Pilot {
         drop(lock);
         match reserved {
             Ok(Ok(baseline)) => {
+                crashpoint::hit(Point::HostReserved);
                 self.record.baseline = Some(baseline);
                 self.releaser.store.save(&self.record)?;
+                crashpoint::hit(Point::BaselineSaved);
             }
             Ok(Err(e)) => return self.rollback(e).await,
             Err(join) => {
@@ -219,12 +224,14 @@ impl Pilot {
             return self.unreserve(event).await;
         }
         self.apply(&Event::ReservedOk)?;
+        crashpoint::hit(Point::ReservedSaved);
         self.emit(EventBody::Reserved {
             memory_mib: self.record.memory_mib,
             cpus: self.record.cpus,
             deadline: self.record.deadline,
             grace_secs: self.record.grace_secs,
         })?;
+        crashpoint::hit(Point::ReservedSpooled);
         let event = self.hold().await;
         self.unreserve(event).await
     }
@@ -415,10 +422,12 @@ impl Pilot {
             _ => None,
         };
         self.apply(&event)?;
+        crashpoint::hit(Point::UnreservingSaved);
         self.emit(EventBody::Unreserving {
             reason: self.record.end_reason.unwrap_or(EndReason::Deadline),
             signal,
         })?;
+        crashpoint::hit(Point::UnreservingSpooled);
         // What remains of the grace, never past the deadline.
         let budget = self.budget();
         let fast_kill = self.killed_by.as_ref().is_some_and(|k| k.is_fast());
@@ -515,6 +524,7 @@ impl Pilot {
             },
         };
         self.emit(body)?;
+        crashpoint::hit(Point::UnreservedSpooled);
         if let Some(k) = self.killed_by.clone() {
             self.emit(EventBody::Killed {
                 by: k.by,

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::crashpoint::{self, Point};
 use crate::host::{Host, HostError, owned_by, unreserve};
 use crate::lease::record::LeaseRecord;
 use crate::lease::store::{Store, StoreError};
@@ -73,6 +74,7 @@ impl Releaser {
             .apply(&event)
             .expect("unreserving accepts restored and host-error");
         self.store.save(record)?;
+        crashpoint::hit(Point::UnreservedSaved);
         match &result {
             Ok(()) => tracing::info!(lease = %record.lease_id, state = %to, "node restored"),
             Err(e) => {
@@ -116,6 +118,7 @@ impl Releaser {
             };
             // The fates are evidence; keep them even if the restore below fails.
             let _ = self.store.save(record);
+            crashpoint::hit(Point::GuestsStopped);
             if let Some(bad) = record.guests.iter().find(|f| f.fate == "failed") {
                 return Err(HostError::Operation {
                     op: format!("stop guest {}", bad.name),
@@ -151,7 +154,9 @@ impl Releaser {
                         op: "take node lock".into(),
                         detail: e.to_string(),
                     })?;
-                host.release(&id, baseline.as_ref())
+                host.release(&id, baseline.as_ref())?;
+                crashpoint::hit(Point::HostReleased);
+                Ok(())
             })
             .await;
             match attempt {
