@@ -22,6 +22,7 @@ pub mod pilot;
 pub mod process;
 pub mod progress;
 pub mod recovery;
+pub mod refcoord;
 pub mod release;
 pub mod signals;
 pub mod units;

@@ -15,10 +15,10 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::crashpoint::{self, Point};
 use crate::coordinator::directive::{self, Directive};
 use crate::coordinator::event::{EventBody, EventEnvelope};
 use crate::coordinator::outbox::Outbox;
+use crate::crashpoint::{self, Point};
 use crate::deadline;
 use crate::exit::{EnvironmentError, ExitStatus};
 use crate::host::{HostError, LeaseShare};

@@ -13,7 +13,17 @@ use vmpilot::crashpoint::Point;
 
 fn crashing_pilot(node: &Node, lease: &str, point: Point) -> Pilot {
     let child = node
-        .cmd(&["run", "--memory", "1G", "--walltime", "3s", "--grace", "1s", "--lease-id", lease])
+        .cmd(&[
+            "run",
+            "--memory",
+            "1G",
+            "--walltime",
+            "3s",
+            "--grace",
+            "1s",
+            "--lease-id",
+            lease,
+        ])
         .env("VMPILOT_CRASH_AT", point.name())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -24,7 +34,13 @@ fn crashing_pilot(node: &Node, lease: &str, point: Point) -> Pilot {
 
 fn recover_ok(node: &Node, point: Point) {
     let out = node.run(&["recover"]);
-    assert!(out.status.success(), "{}: recover failed:\n{}\n{}", point.name(), stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "{}: recover failed:\n{}\n{}",
+        point.name(),
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -42,34 +58,72 @@ fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
         .collect();
     for (point, node, pilot) in runs {
         let (code, err) = pilot.finish();
-        assert_eq!(code, 128 + 9, "{}: the pilot never reached this point:\n{err}", point.name());
+        assert_eq!(
+            code,
+            128 + 9,
+            "{}: the pilot never reached this point:\n{err}",
+            point.name()
+        );
         recover_ok(&node, point);
         let r = node.record("crash").unwrap();
         assert_eq!(r["state"], "unreserved", "{}: {r}", point.name());
-        assert!(node.reservations().is_empty(), "{}: host not at baseline: {:?}", point.name(), node.host());
+        assert!(
+            node.reservations().is_empty(),
+            "{}: host not at baseline: {:?}",
+            point.name(),
+            node.host()
+        );
         if point != Point::BeginSaved {
             // From `reserving` on, the lease may have had guests: they must be stopped.
-            assert_eq!(node.guest_state("g"), "shut-off", "{}: owned guest left running", point.name());
+            assert_eq!(
+                node.guest_state("g"),
+                "shut-off",
+                "{}: owned guest left running",
+                point.name()
+            );
         }
         let again = node.run(&["recover"]);
         assert!(again.status.success(), "{}: second recover", point.name());
-        assert!(stdout(&again).contains("already finished"), "{}: {}", point.name(), stdout(&again));
+        assert!(
+            stdout(&again).contains("already finished"),
+            "{}: {}",
+            point.name(),
+            stdout(&again)
+        );
     }
 }
 
 #[test]
 fn a_recovery_killed_part_way_is_finished_by_the_next_one() {
-    for point in [Point::GuestsStopped, Point::HostReleased, Point::UnreservedSaved] {
+    for point in [
+        Point::GuestsStopped,
+        Point::HostReleased,
+        Point::UnreservedSaved,
+    ] {
         let node = Node::new("");
         node.add_guest("g", Some("rk"), &[]);
         let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "rk"]);
         node.wait_state("rk", "reserved");
         pilot.signal(nix::sys::signal::Signal::SIGKILL);
         pilot.finish();
-        let out = node.cmd(&["recover"]).env("VMPILOT_CRASH_AT", point.name()).output().unwrap();
-        assert_eq!(out.status.code(), None, "{}: recover should have been killed", point.name());
+        let out = node
+            .cmd(&["recover"])
+            .env("VMPILOT_CRASH_AT", point.name())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{}: recover should have been killed",
+            point.name()
+        );
         recover_ok(&node, point);
-        assert_eq!(node.record("rk").unwrap()["state"], "unreserved", "{}", point.name());
+        assert_eq!(
+            node.record("rk").unwrap()["state"],
+            "unreserved",
+            "{}",
+            point.name()
+        );
         assert!(node.reservations().is_empty(), "{}", point.name());
         assert_eq!(node.guest_state("g"), "shut-off");
     }

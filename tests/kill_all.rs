@@ -14,7 +14,10 @@ fn node_with_coordinator(url: &str) -> Node {
     let text = std::fs::read_to_string(&node.config).unwrap();
     std::fs::write(
         &node.config,
-        format!("{text}\n[coordinator]\nurl = \"{url}\"\nsecret_file = \"{}\"\n", secret.display()),
+        format!(
+            "{text}\n[coordinator]\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
+            secret.display()
+        ),
     )
     .unwrap();
     node
@@ -24,8 +27,26 @@ fn node_with_coordinator(url: &str) -> Node {
 fn fast_kill_all_stops_every_pilot_and_owned_guest_and_restores_the_node() {
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let node = node_with_coordinator(&coordinator.url);
-    let a = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--grace", "60s", "--lease-id", "ka"]);
-    let b = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--grace", "60s", "--lease-id", "kb"]);
+    let a = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "10m",
+        "--grace",
+        "60s",
+        "--lease-id",
+        "ka",
+    ]);
+    let b = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "10m",
+        "--grace",
+        "60s",
+        "--lease-id",
+        "kb",
+    ]);
     node.wait_state("ka", "reserved");
     node.wait_state("kb", "reserved");
     node.add_guest("ka-slow", Some("ka"), &["--shutdown-delay", "10m"]);
@@ -39,15 +60,26 @@ fn fast_kill_all_stops_every_pilot_and_owned_guest_and_restores_the_node() {
         let r = node.record(lease).unwrap();
         assert_eq!(r["state"], "unreserved", "{r}");
         assert_eq!(r["end_reason"], "admin");
-        assert_eq!(r["guests"][0]["fate"], "destroyed", "fast: no ACPI wait: {r}");
+        assert_eq!(
+            r["guests"][0]["fate"], "destroyed",
+            "fast: no ACPI wait: {r}"
+        );
     }
-    assert_eq!(node.guest_state("bystander"), "running", "unowned guests are never touched");
+    assert_eq!(
+        node.guest_state("bystander"),
+        "running",
+        "unowned guests are never touched"
+    );
     assert!(node.reservations().is_empty());
     assert!(!node.state_dir().join("kill-request.json").exists());
     coordinator.with_log(|l| {
         let killed: Vec<_> = l.applied.iter().filter(|e| e["type"] == "killed").collect();
         assert_eq!(killed.len(), 2, "{:?}", l.applied);
-        assert!(killed.iter().all(|k| k["why"] == "rack on fire" && k["by"] == "root"));
+        assert!(
+            killed
+                .iter()
+                .all(|k| k["why"] == "rack on fire" && k["by"] == "root")
+        );
     });
 }
 
@@ -74,7 +106,11 @@ fn kill_all_finishes_the_lease_of_a_pilot_that_is_already_dead() {
     pilot.finish();
     let out = node.run(&["kill-all"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("kd"), "summary lists the lease: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains("kd"),
+        "summary lists the lease: {}",
+        stdout(&out)
+    );
     assert_eq!(node.record("kd").unwrap()["state"], "unreserved");
     assert_eq!(node.record("kd").unwrap()["end_reason"], "admin");
     assert!(node.reservations().is_empty());
@@ -107,9 +143,19 @@ fn kill_all_with_nothing_running_is_a_no_op_and_idempotent() {
 fn kill_all_refuses_to_run_as_a_normal_user() {
     // setpriv (util-linux) drops to nobody; the refusal comes before any file is read.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin(), "kill-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "kill-all",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must run as root"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -41,6 +41,31 @@ fn job_env(node: &Node, lease: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Submit one of the project's pilot scripts for `lease` as a 1 GiB job of `minutes` and
+/// `cpus`, its output in the node's directory; `sbatch_opts` go before the script,
+/// `pilot_args` after it (appended to `vmpilot run`).
+#[allow(clippy::too_many_arguments)]
+fn submit_pilot(
+    node: &Node,
+    jobs: &mut Jobs,
+    lease: &str,
+    script_name: &str,
+    minutes: &str,
+    cpus: &str,
+    sbatch_opts: &[&str],
+    pilot_args: &[&str],
+) -> String {
+    let out = output_file(node);
+    let script = script(script_name);
+    let mut args = vec![
+        "-t", minutes, "--mem", "1G", "-c", cpus, "-o", &out, "-e", &out,
+    ];
+    args.extend_from_slice(sbatch_opts);
+    args.push(&script);
+    args.extend_from_slice(pilot_args);
+    jobs.add(&sbatch(&args, &job_env(node, lease)))
+}
+
 fn script(name: &str) -> String {
     repo()
         .join("slurm-scripts")
@@ -66,25 +91,16 @@ fn a_lease_ends_on_its_own_before_walltime() {
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let node = node(&coordinator, "");
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
-    let id = jobs.add(&sbatch(
-        &[
-            "-t",
-            "5",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-            "--walltime",
-            "6s",
-        ],
-        &job_env(&node, "s1"),
-    ));
+    let id = submit_pilot(
+        &node,
+        &mut jobs,
+        "s1",
+        "vmpilot.sbatch",
+        "5",
+        "1",
+        &[],
+        &["--walltime", "6s"],
+    );
     let j = wait_done(&id, Duration::from_secs(60));
     assert_eq!(j["JobState"], "COMPLETED", "{}", job_log(&node, &id));
     assert_eq!(j["ExitCode"], "0:0");
@@ -114,23 +130,7 @@ fn scancel_while_reserved_restores_the_node_within_killwait() {
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let node = node(&coordinator, "");
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
-    let id = jobs.add(&sbatch(
-        &[
-            "-t",
-            "5",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-        ],
-        &job_env(&node, "s2"),
-    ));
+    let id = submit_pilot(&node, &mut jobs, "s2", "vmpilot.sbatch", "5", "1", &[], &[]);
     node.wait_state("s2", "reserved");
     node.add_guest("s2-vm", Some("s2"), &["--shutdown-delay", "300ms"]);
     sh("scancel", &[&id]);
@@ -165,23 +165,7 @@ fn the_pilot_gives_the_node_back_before_slurm_enforces_walltime() {
     // A 1-minute job with a 45 s margin: the lease is ~15 s, ending well before TIMEOUT.
     let node = node(&coordinator, "safety_margin = \"45s\"");
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
-    let id = jobs.add(&sbatch(
-        &[
-            "-t",
-            "1",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-        ],
-        &job_env(&node, "s3"),
-    ));
+    let id = submit_pilot(&node, &mut jobs, "s3", "vmpilot.sbatch", "1", "1", &[], &[]);
     let j = wait_done(&id, Duration::from_secs(90));
     assert_eq!(
         j["JobState"],
@@ -221,24 +205,16 @@ fn the_early_warning_signal_starts_unreserving() {
     // Own plan: 60 s - 5 s margin; USR1 comes 50-110 s before the end, i.e. at once or ~10 s.
     let node = node(&coordinator, "safety_margin = \"5s\"");
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
-    let id = jobs.add(&sbatch(
-        &[
-            "-t",
-            "1",
-            "--signal=B:USR1@50",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-        ],
-        &job_env(&node, "s4"),
-    ));
+    let id = submit_pilot(
+        &node,
+        &mut jobs,
+        "s4",
+        "vmpilot.sbatch",
+        "1",
+        "1",
+        &["--signal=B:USR1@50"],
+        &[],
+    );
     let j = wait_done(&id, Duration::from_secs(90));
     assert_eq!(j["JobState"], "COMPLETED", "{}", job_log(&node, &id));
     let r = node.record("s4").unwrap();
@@ -256,26 +232,17 @@ fn preemption_by_a_high_priority_job_is_reported_as_preempted() {
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let node = node(&coordinator, "");
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
     let cpus = sh("sinfo", &["-h", "-o", "%c"]).trim().to_string();
-    let pilot = jobs.add(&sbatch(
-        &[
-            "-p",
-            "low",
-            "-t",
-            "5",
-            "--mem",
-            "1G",
-            "-c",
-            &cpus,
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot-step.sbatch"),
-        ],
-        &job_env(&node, "s5"),
-    ));
+    let pilot = submit_pilot(
+        &node,
+        &mut jobs,
+        "s5",
+        "vmpilot-step.sbatch",
+        "5",
+        &cpus,
+        &["-p", "low"],
+        &[],
+    );
     node.wait_state("s5", "reserved");
     let high = jobs.add(&sbatch(
         &[
@@ -327,23 +294,7 @@ fn a_sigkilled_pilot_is_recovered_by_the_epilog_and_the_next_job_finds_batch_mod
     let node = node(&coordinator, "");
     let _hook = EpilogHook::install("sigkill-test", &node.config);
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
-    let id = jobs.add(&sbatch(
-        &[
-            "-t",
-            "5",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-        ],
-        &job_env(&node, "s6"),
-    ));
+    let id = submit_pilot(&node, &mut jobs, "s6", "vmpilot.sbatch", "5", "1", &[], &[]);
     let r = node.wait_state("s6", "reserved");
     node.add_guest("s6-vm", Some("s6"), &[]);
     let pid = r["pilot"]["pid"].as_i64().unwrap() as i32;
@@ -399,39 +350,26 @@ fn two_pilots_on_the_node_and_one_cancelled_releases_only_its_share() {
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let node = node(&coordinator, "");
     let mut jobs = Jobs::default();
-    let out = output_file(&node);
-    let a = jobs.add(&sbatch(
-        &[
-            "-t",
-            "5",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-        ],
-        &job_env(&node, "s7a"),
-    ));
-    let b = jobs.add(&sbatch(
-        &[
-            "-t",
-            "5",
-            "--mem",
-            "1G",
-            "-c",
-            "1",
-            "-o",
-            &out,
-            "-e",
-            &out,
-            &script("vmpilot.sbatch"),
-        ],
-        &job_env(&node, "s7b"),
-    ));
+    let a = submit_pilot(
+        &node,
+        &mut jobs,
+        "s7a",
+        "vmpilot.sbatch",
+        "5",
+        "1",
+        &[],
+        &[],
+    );
+    let b = submit_pilot(
+        &node,
+        &mut jobs,
+        "s7b",
+        "vmpilot.sbatch",
+        "5",
+        "1",
+        &[],
+        &[],
+    );
     wait_running(&a);
     wait_running(&b);
     node.wait_state("s7a", "reserved");

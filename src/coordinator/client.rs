@@ -29,8 +29,11 @@ pub struct CoordinatorClient {
     timeout: Duration,
 }
 
-/// Longest reply body kept for logs.
+/// Longest error reply body kept for logs.
 const MAX_LOGGED_BODY: usize = 512;
+
+/// Longest 2xx reply body read for directives.
+const MAX_REPLY_BODY: usize = 64 * 1024;
 
 impl CoordinatorClient {
     /// A client for the coordinator at `base_url`.
@@ -66,16 +69,21 @@ impl CoordinatorClient {
             Err(e) => return PostOutcome::Transient(format!("{e:#}")),
         };
         let status = response.status();
-        let text: String = response
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(MAX_LOGGED_BODY)
-            .collect();
+        // A 2xx reply carries directives and is parsed whole (up to MAX_REPLY_BODY, beyond
+        // which it is garbage anyway); an error reply is only logged, so it is cut short.
+        let (full, too_long) = read_capped(response, MAX_REPLY_BODY).await;
         if status.is_success() {
-            PostOutcome::Accepted(text)
-        } else if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
+            if too_long {
+                tracing::warn!(
+                    limit = MAX_REPLY_BODY,
+                    "coordinator reply too long; ignoring its directives"
+                );
+                return PostOutcome::Accepted(String::new());
+            }
+            return PostOutcome::Accepted(full);
+        }
+        let text: String = full.chars().take(MAX_LOGGED_BODY).collect();
+        if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
             PostOutcome::Rejected {
                 status: status.as_u16(),
                 body: text,
@@ -84,4 +92,17 @@ impl CoordinatorClient {
             PostOutcome::Transient(format!("coordinator answered {status}"))
         }
     }
+}
+
+/// Read at most `cap` bytes of a reply, so a misbehaving coordinator cannot make the pilot
+/// buffer an endless body. Returns the text and whether it was cut.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> (String, bool) {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if buf.len() + chunk.len() > cap {
+            return (String::from_utf8_lossy(&buf).into_owned(), true);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    (String::from_utf8_lossy(&buf).into_owned(), false)
 }

@@ -1,0 +1,93 @@
+//! `vmpilot-coordinator`: the reference coordinator. Parse flags, load the config, run until
+//! SIGTERM/SIGINT; errors are printed once, here. See docs/coordinator.md.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmpilot::refcoord::config::{Config, DEFAULT_CONFIG};
+
+/// The reference coordinator for vmpilot: receives the pilots' signed lease events, keeps
+/// nodes, leases and the event log in SQLite, serves an API and a status page, and submits
+/// pilots to the batch system.
+#[derive(Parser, Debug)]
+#[command(name = "vmpilot-coordinator", version)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, env = "VMPILOT_COORDINATOR_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Validate the config (secrets, token, pool) and exit without serving.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Exit statuses: 0 stopped cleanly, 1 failed while running, 2 unusable config.
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmpilot-coordinator: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check_config {
+        println!(
+            "config {} is valid: listen {}, database {}, {} secret(s), operator endpoints {}, pool {}",
+            config.source.display(),
+            config.listen,
+            config.database.display(),
+            config.secrets.len(),
+            if config.admin_token.is_some() {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            if config.pool.is_some() {
+                "configured"
+            } else {
+                "not configured"
+            },
+        );
+        return ExitCode::SUCCESS;
+    }
+    // Two workers suit the expected machines; SQLite writes run on their own thread.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vmpilot-coordinator: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = runtime.block_on(vmpilot::refcoord::run(config, |addr| {
+        // One machine-readable line on stdout, so scripts can find a port chosen with :0.
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmpilot-coordinator: {e:#}");
+            let code = match e {
+                vmpilot::refcoord::CoordError::Config(_) => EXIT_CONFIG,
+                _ => EXIT_RUNTIME,
+            };
+            ExitCode::from(code)
+        }
+    }
+}

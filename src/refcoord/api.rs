@@ -1,0 +1,394 @@
+//! The HTTP API (docs/openapi.yaml): event ingest for pilots, read endpoints for anyone who
+//! can reach the coordinator, and operator endpoints (directives, pilot submission) behind a
+//! bearer token.
+//!
+//! Every error is JSON `{"error": "..."}` with a status that tells a pilot what to do:
+//! 4xx — this body will never be accepted (the pilot moves it to `spool/rejected/`);
+//! 503 — try again later (database busy or shutting down).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::db::DbError;
+use super::ingest::{DirectiveRefusal, DirectiveRequest};
+use super::message::{MessageError, SUPPORTED_PROTOCOLS, parse_event};
+use super::pool::SubmitRequest;
+use super::query;
+use super::web;
+use crate::coordinator::signature::{SIGNATURE_HEADER, Secret, SignatureError, sign, verify};
+
+/// The routes, with the body limit applied to every request.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/", get(web::status_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/events", post(post_event).get(get_events))
+        .route("/v1/leases", get(list_leases))
+        .route("/v1/leases/{id}", get(get_lease))
+        .route("/v1/leases/{id}/release", post(release))
+        .route("/v1/leases/{id}/shorten", post(shorten))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/pilots", post(submit_pilots).get(list_pilots))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// An error reply: status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+    bearer_challenge: bool,
+}
+
+impl ApiError {
+    /// `{"error": message}` with `status`.
+    pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": message.to_string() }),
+            bearer_challenge: false,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.bearer_challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vmpilot-coordinator\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        tracing::error!("{e:#}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `POST /v1/events`: size, signature, version, shape, then the durable write.
+async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!(
+                    "body is larger than the limit of {} bytes",
+                    state.config.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::new(status, e.body_text())
+        }
+    })?;
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("missing {SIGNATURE_HEADER} header"),
+            )
+        })?;
+    let window = state.config.replay_window.as_secs() as i64;
+    verify(&state.config.secrets, signature, &body, unix_now(), window).map_err(|e| {
+        tracing::warn!("refused an event: {e}");
+        let hint = match e {
+            SignatureError::Stale { .. } => "; check the clocks of the node and the coordinator",
+            SignatureError::Mismatch => "; the node's coordinator.secret_file must hold one of the coordinator's secret_files",
+            SignatureError::Malformed => "",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
+    })?;
+    let event = parse_event(&body).map_err(|e| {
+        let mut err = ApiError::new(StatusCode::BAD_REQUEST, &e);
+        if let MessageError::Unsupported(_) = e {
+            err.body["supported"] = json!(SUPPORTED_PROTOCOLS);
+        }
+        err
+    })?;
+    // parse_event accepted it as JSON, so it is UTF-8.
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let reply = state.db.ingest(event, text).await?;
+    Ok(Json(reply).into_response())
+}
+
+/// Operator endpoints: `Authorization: Bearer <admin token>`.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.config.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator endpoints are disabled\n\nhint: set `admin_token_file` in the coordinator config",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Compare in constant time: MAC a fixed message with the given token, then let
+    // `verify` check that MAC against the real token with `Mac::verify_slice`.
+    const PROBE: &[u8] = b"vmpilot-coordinator-admin";
+    let ok = given.is_some_and(|g| {
+        let mac = sign(&Secret::new(g), 0, PROBE);
+        verify(std::slice::from_ref(token), &mac, PROBE, 0, 1).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token\n\nhint: send `Authorization: Bearer <contents of admin_token_file>`",
+        );
+        e.bearer_challenge = true;
+        Err(e)
+    }
+}
+
+/// `?after=&limit=&lease_id=` of `GET /v1/events`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    lease_id: Option<String>,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn get_events(
+    State(state): State<AppState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<query::EventsPage>, ApiError> {
+    let Query(q) = q?;
+    if q.limit == 0 || q.limit > query::MAX_LIST {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be 1 to {}", query::MAX_LIST),
+        ));
+    }
+    let page = state
+        .db
+        .read(move |c| query::events(c, q.after, q.limit, q.lease_id.as_deref()))
+        .await?;
+    Ok(Json(page))
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default = "default_list")]
+    limit: usize,
+}
+
+fn default_list() -> usize {
+    query::MAX_LIST
+}
+
+/// `{"leases": [...]}`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct LeaseList {
+    /// Lease epochs, most recently heard from first.
+    pub leases: Vec<query::LeaseView>,
+}
+
+async fn list_leases(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<LeaseList>, ApiError> {
+    let Query(q) = q?;
+    let leases = state.db.read(move |c| query::leases(c, q.limit)).await?;
+    Ok(Json(LeaseList { leases }))
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct LeaseQuery {
+    epoch: Option<u64>,
+}
+
+/// One lease epoch and the list of all its epochs.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct LeaseDetail {
+    /// The requested (or newest) epoch.
+    #[serde(flatten)]
+    pub lease: query::LeaseView,
+    /// Every epoch known for this lease id, newest first.
+    pub epochs: Vec<u64>,
+}
+
+async fn get_lease(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<LeaseQuery>, QueryRejection>,
+) -> Result<Json<LeaseDetail>, ApiError> {
+    let Query(q) = q?;
+    let lookup = id.clone();
+    let found = state
+        .db
+        .read(move |c| {
+            let lease = query::lease(c, &lookup, q.epoch)?;
+            Ok(lease.map(|l| (l, query::epochs(c, &lookup))))
+        })
+        .await?;
+    match found {
+        Some((lease, epochs)) => Ok(Json(LeaseDetail {
+            lease,
+            epochs: epochs?,
+        })),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no lease `{id}` is known"),
+        )),
+    }
+}
+
+/// `{"nodes": [...]}`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct NodeList {
+    /// Nodes by name.
+    pub nodes: Vec<query::NodeView>,
+}
+
+async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+    let nodes = state.db.read(query::nodes).await?;
+    Ok(Json(NodeList { nodes }))
+}
+
+async fn directive(
+    state: AppState,
+    id: String,
+    request: DirectiveRequest,
+) -> Result<Response, ApiError> {
+    match state.db.create_directive(id, request).await? {
+        Ok(view) => {
+            tracing::info!(lease = %view.lease_id, epoch = view.epoch, kind = %view.kind, "directive created");
+            Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+        }
+        Err(refusal) => {
+            let status = match refusal {
+                DirectiveRefusal::UnknownLease(_) => StatusCode::NOT_FOUND,
+                DirectiveRefusal::Ended { .. } => StatusCode::CONFLICT,
+                DirectiveRefusal::NotEarlier { .. } => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError::new(status, refusal))
+        }
+    }
+}
+
+async fn release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    directive(state, id, DirectiveRequest::Release).await
+}
+
+/// Body of `POST /v1/leases/{id}/shorten`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ShortenRequest {
+    #[serde(with = "time::serde::rfc3339")]
+    deadline: OffsetDateTime,
+}
+
+async fn shorten(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<ShortenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(req) = body?;
+    directive(state, id, DirectiveRequest::Shorten(req.deadline)).await
+}
+
+/// `{"pilots": [...]}`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct PilotList {
+    /// Newest first.
+    pub pilots: Vec<query::PilotView>,
+}
+
+async fn list_pilots(State(state): State<AppState>) -> Result<Json<PilotList>, ApiError> {
+    let pilots = state.db.read(|c| query::pilots(c, query::MAX_LIST)).await?;
+    Ok(Json(PilotList { pilots }))
+}
+
+async fn submit_pilots(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(req) = body?;
+    let Some(pool) = &state.pool else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "pilot submission is not configured\n\nhint: add a [pool] section to the coordinator config",
+        ));
+    };
+    let (job_ids, error) = pool.submit(&state.db, &req, "api").await;
+    match error {
+        None => Ok((StatusCode::CREATED, Json(json!({ "job_ids": job_ids }))).into_response()),
+        Some(e) => {
+            tracing::warn!(submitted = job_ids.len(), "pilot submission failed: {e:#}");
+            let status = if e.is_bad_request() && job_ids.is_empty() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            let mut err = ApiError::new(status, format!("{e:#}"));
+            err.body["job_ids"] = json!(job_ids);
+            Err(err)
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! The coordinator's TOML config: [`RawConfig`] is what the operator wrote (unknown keys are
+//! errors that name the key), [`Config`] is validated and resolved (secrets and the admin
+//! token read, paths checked).
+//!
+//! ```toml
+//! listen = "127.0.0.1:8750"
+//! database = "/var/lib/vmpilot-coordinator/coordinator.db"
+//! secret_files = ["/etc/vmpilot/coordinator.secret"]   # one or two (rotation)
+//! admin_token_file = "/etc/vmpilot/coordinator.admin-token"
+//! replay_window = "300s"
+//! max_body_bytes = 65536
+//! lost_after = "120s"
+//!
+//! [pool]
+//! batch_system = "slurm"
+//! submit_script = "/usr/share/vmpilot/slurm-scripts/vmpilot-submit"
+//! target = 0
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::coordinator::signature::{Secret, SecretError};
+use crate::units;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+/// Default database path.
+pub const DEFAULT_DATABASE: &str = "/var/lib/vmpilot-coordinator/coordinator.db";
+/// Default config path.
+pub const DEFAULT_CONFIG: &str = "/etc/vmpilot/coordinator.toml";
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}\n\nhint: pass the right file with --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type (toml's message names it).
+    #[error("config {path}: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said, with line and key.
+        detail: String,
+    },
+    /// A value that parses but cannot be used.
+    #[error("config {path}: `{key}` {problem}\n\nhint: {hint}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A signing secret is unusable.
+    #[error("config {path}: `secret_files`: {source}")]
+    Secret {
+        /// The config file.
+        path: PathBuf,
+        /// Why the secret cannot be used.
+        source: SecretError,
+    },
+    /// The admin token is unusable.
+    #[error("config {path}: `admin_token_file` {token}: {problem}\n\nhint: {hint}")]
+    AdminToken {
+        /// The config file.
+        path: PathBuf,
+        /// The token file.
+        token: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        hint: &'static str,
+    },
+}
+
+/// What the operator wrote.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    listen: Option<String>,
+    database: Option<PathBuf>,
+    secret_files: Vec<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    replay_window: Option<units::Duration>,
+    max_body_bytes: Option<usize>,
+    lost_after: Option<units::Duration>,
+    pool: Option<RawPool>,
+}
+
+/// `[pool]` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawPool {
+    batch_system: Option<String>,
+    submit_script: Option<PathBuf>,
+    target: u32,
+    interval: Option<units::Duration>,
+    max_submit_per_round: Option<u32>,
+    submit_timeout: Option<units::Duration>,
+    count_command: Option<Vec<String>>,
+    memory: Option<String>,
+    cpus: Option<u32>,
+    time: Option<String>,
+    partition: Option<String>,
+    grace: Option<String>,
+    node_config: Option<String>,
+    coordinator_url: Option<String>,
+    preemptible: bool,
+}
+
+/// The batch system pilots are submitted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchSystem {
+    /// Slurm: `slurm-scripts/vmpilot-submit`, counted with `squeue`.
+    Slurm,
+    /// PBS/Torque: `pbs-scripts/vmpilot-submit`, counted with `qselect`.
+    Pbs,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub source: PathBuf,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// SQLite database file.
+    pub database: PathBuf,
+    /// Accepted signing secrets (one, or two during a rotation).
+    pub secrets: Vec<Secret>,
+    /// Bearer token for the operator endpoints; `None` disables them.
+    pub admin_token: Option<Secret>,
+    /// Accepted distance between a signature's timestamp and our clock.
+    pub replay_window: Duration,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+    /// Silence after which a reserved lease is marked lost.
+    pub lost_after: Duration,
+    /// Pilot submission, when configured.
+    pub pool: Option<PoolConfig>,
+}
+
+/// `[pool]`, validated.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Slurm or PBS.
+    pub batch_system: BatchSystem,
+    /// The project's `vmpilot-submit` for that batch system.
+    pub submit_script: PathBuf,
+    /// Pilots to keep queued or running (0: no background submission).
+    pub target: u32,
+    /// Time between pool checks.
+    pub interval: Duration,
+    /// At most this many submissions per check (a broken cluster must not get a flood).
+    pub max_submit_per_round: u32,
+    /// Longest one submit script (or count command) may take.
+    pub submit_timeout: Duration,
+    /// argv printing one queued/running pilot job id per line.
+    pub count_command: Vec<String>,
+    /// Defaults for each submission (`POST /v1/pilots` may override them).
+    pub defaults: SubmitDefaults,
+}
+
+/// Per-pilot options passed to the submit script.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitDefaults {
+    /// `--memory`.
+    pub memory: String,
+    /// `--cpus`.
+    pub cpus: u32,
+    /// `--time`.
+    pub time: String,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--grace`.
+    pub grace: Option<String>,
+    /// `--config` (the vmpilot config path on the node).
+    pub node_config: Option<String>,
+    /// `--coordinator` (how pilots reach this coordinator).
+    pub coordinator_url: Option<String>,
+    /// `--preemptible` (Slurm only).
+    pub preemptible: bool,
+}
+
+impl RawConfig {
+    /// Parse TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Read and parse the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validate and resolve: read the secrets and the admin token, apply defaults.
+    pub fn resolve(self, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key, problem: String, hint| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
+            hint,
+        };
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("`{listen_text}` is not an IP address and port"),
+                "write e.g. \"127.0.0.1:8750\" (a host name is not accepted)",
+            )
+        })?;
+        if self.secret_files.is_empty() || self.secret_files.len() > 2 {
+            return Err(invalid(
+                "secret_files",
+                format!(
+                    "lists {} files; one or two are needed",
+                    self.secret_files.len()
+                ),
+                "list the site's shared secret; during a rotation, the new and the old one",
+            ));
+        }
+        let secrets = self
+            .secret_files
+            .iter()
+            .map(|f| Secret::from_file(&resolve_path(path, f)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ConfigError::Secret {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let admin_token = match &self.admin_token_file {
+            Some(f) => Some(read_admin_token(path, &resolve_path(path, f))?),
+            None => None,
+        };
+        let replay_window = self
+            .replay_window
+            .map_or(Duration::from_secs(300), |d| d.get());
+        if replay_window < Duration::from_secs(1) {
+            return Err(invalid(
+                "replay_window",
+                "is shorter than 1 s".into(),
+                "keep it at least a few seconds above the clock skew between nodes",
+            ));
+        }
+        let max_body_bytes = self.max_body_bytes.unwrap_or(64 * 1024);
+        if max_body_bytes < 1024 {
+            return Err(invalid(
+                "max_body_bytes",
+                format!("is {max_body_bytes}; events need at least 1024"),
+                "the default, 65536, fits any event with many guests",
+            ));
+        }
+        let lost_after = self
+            .lost_after
+            .map_or(Duration::from_secs(120), |d| d.get());
+        if lost_after < Duration::from_secs(1) {
+            return Err(invalid(
+                "lost_after",
+                "is shorter than 1 s".into(),
+                "make it several heartbeat intervals (default 120s)",
+            ));
+        }
+        let pool = match self.pool {
+            Some(p) => Some(resolve_pool(p, path)?),
+            None => None,
+        };
+        Ok(Config {
+            source: path.to_path_buf(),
+            listen,
+            database: self.database.map_or_else(
+                || PathBuf::from(DEFAULT_DATABASE),
+                |d| resolve_path(path, &d),
+            ),
+            secrets,
+            admin_token,
+            replay_window,
+            max_body_bytes,
+            lost_after,
+            pool,
+        })
+    }
+}
+
+impl Config {
+    /// Load and resolve `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        RawConfig::load(path)?.resolve(path)
+    }
+}
+
+/// Relative paths in the config are relative to the config file's directory.
+fn resolve_path(config: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// The admin token: first line of a private file, at least 16 bytes.
+fn read_admin_token(config: &Path, file: &Path) -> Result<Secret, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |problem: String, hint| ConfigError::AdminToken {
+        path: config.to_path_buf(),
+        token: file.to_path_buf(),
+        problem,
+        hint,
+    };
+    let meta = std::fs::metadata(file).map_err(|e| {
+        err(
+            e.to_string(),
+            "create it with `openssl rand -hex 32`, mode 600",
+        )
+    })?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(err(
+            "is readable by every user".into(),
+            "chmod 600 the token file",
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        err(
+            e.to_string(),
+            "check that the coordinator's user may read it",
+        )
+    })?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 {
+        return Err(err(
+            "is shorter than 16 characters".into(),
+            "generate one with `openssl rand -hex 32`",
+        ));
+    }
+    Ok(Secret::new(token))
+}
+
+fn resolve_pool(raw: RawPool, path: &Path) -> Result<PoolConfig, ConfigError> {
+    let invalid = |key, problem: String, hint| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        problem,
+        hint,
+    };
+    let batch_system = match raw.batch_system.as_deref() {
+        Some("slurm") => BatchSystem::Slurm,
+        Some("pbs") => BatchSystem::Pbs,
+        other => {
+            return Err(invalid(
+                "pool.batch_system",
+                format!("is {other:?}"),
+                "write \"slurm\" or \"pbs\"",
+            ));
+        }
+    };
+    let submit_script = raw.submit_script.map(|p| resolve_path(path, &p)).ok_or_else(|| {
+        invalid(
+            "pool.submit_script",
+            "is missing".into(),
+            "point it at the project's slurm-scripts/vmpilot-submit or pbs-scripts/vmpilot-submit",
+        )
+    })?;
+    if raw.preemptible && batch_system == BatchSystem::Pbs {
+        return Err(invalid(
+            "pool.preemptible",
+            "is only supported with Slurm".into(),
+            "remove it, or use batch_system = \"slurm\"",
+        ));
+    }
+    let count_command = raw.count_command.unwrap_or_else(|| {
+        let argv: &[&str] = match batch_system {
+            BatchSystem::Slurm => &["squeue", "-h", "-n", "vmpilot", "-o", "%i"],
+            BatchSystem::Pbs => &["qselect", "-N", "vmpilot", "-s", "QR"],
+        };
+        argv.iter().map(|s| s.to_string()).collect()
+    });
+    if count_command.is_empty() {
+        return Err(invalid(
+            "pool.count_command",
+            "is empty".into(),
+            "leave it out for the default, or give a program and its arguments",
+        ));
+    }
+    Ok(PoolConfig {
+        batch_system,
+        submit_script,
+        target: raw.target,
+        interval: raw.interval.map_or(Duration::from_secs(60), |d| d.get()),
+        max_submit_per_round: raw.max_submit_per_round.unwrap_or(10).max(1),
+        submit_timeout: raw
+            .submit_timeout
+            .map_or(Duration::from_secs(90), |d| d.get()),
+        count_command,
+        defaults: SubmitDefaults {
+            memory: raw.memory.unwrap_or_else(|| "2G".into()),
+            cpus: raw.cpus.unwrap_or(1),
+            time: raw.time.unwrap_or_else(|| "01:00:00".into()),
+            partition: raw.partition,
+            grace: raw.grace,
+            node_config: raw.node_config,
+            coordinator_url: raw.coordinator_url,
+            preemptible: raw.preemptible,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_secret() -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, secret)
+    }
+
+    fn resolve(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+        let path = dir.join("coordinator.toml");
+        RawConfig::parse(text, &path)?.resolve(&path)
+    }
+
+    #[test]
+    fn defaults_bind_loopback() {
+        let (dir, _) = dir_with_secret();
+        let c = resolve(dir.path(), "secret_files = [\"secret\"]\n").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.replay_window, Duration::from_secs(300));
+        assert_eq!(c.max_body_bytes, 65536);
+        assert_eq!(c.lost_after, Duration::from_secs(120));
+        assert!(c.admin_token.is_none() && c.pool.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let (dir, _) = dir_with_secret();
+        let e = resolve(
+            dir.path(),
+            "secret_files = [\"secret\"]\nlisten_addr = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = resolve(
+            dir.path(),
+            "secret_files = [\"secret\"]\n[pool]\nbatch_system = \"slurm\"\nsubmit_script = \"/x\"\ntargt = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("targt"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_what_to_do() {
+        let (dir, _) = dir_with_secret();
+        let e = resolve(dir.path(), "secret_files = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secret_files") && e.contains("hint:"), "{e}");
+        let e = resolve(
+            dir.path(),
+            "secret_files = [\"secret\"]\nlisten = \"localhost\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`listen`"), "{e}");
+        let e = resolve(
+            dir.path(),
+            "secret_files = [\"secret\"]\n[pool]\nbatch_system = \"lsf\"\nsubmit_script = \"/x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pool.batch_system"), "{e}");
+        let e = resolve(dir.path(), "secret_files = [\"missing\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn pool_defaults_follow_the_batch_system() {
+        let (dir, _) = dir_with_secret();
+        let c = resolve(
+            dir.path(),
+            "secret_files = [\"secret\"]\n[pool]\nbatch_system = \"pbs\"\nsubmit_script = \"submit\"\ntarget = 2\n",
+        )
+        .unwrap();
+        let p = c.pool.unwrap();
+        assert_eq!(p.count_command[0], "qselect");
+        assert_eq!(p.submit_script, dir.path().join("submit"));
+        assert_eq!(p.target, 2);
+    }
+}

@@ -1,0 +1,159 @@
+//! The reference coordinator (`vmpilot-coordinator`): the other end of the pilot's signed
+//! callbacks, a small operator API, a status page and a pilot pool.
+//!
+//! What it owns and the invariants it keeps:
+//!
+//! - **Ingest** (`POST /v1/events`, [`api`]): a request is checked in a fixed order — body
+//!   size (413), signature and replay window (401), protocol version (400 with the supported
+//!   list), shape (400) — and only then handed to the single SQLite writer ([`db`]). A `200`
+//!   is sent only after the transaction holding the event has been committed with
+//!   `synchronous=FULL`, so an acknowledged event survives a SIGKILL or a power cut.
+//! - **Idempotency**: `event_id` is `UNIQUE` in the append-only event log; a re-delivered
+//!   event is acknowledged (`"duplicate"`) and changes nothing.
+//! - **Directives** (`release`, `shorten`) are created by an operator for a lease's current
+//!   epoch and returned in the reply to every event of exactly that lease and epoch until the
+//!   lease reports that it is ending. A directive can never reach another epoch.
+//! - **Lost leases**: a reserved lease silent for `lost_after` is flagged `lost` ([`run`]'s
+//!   background task); the pilot keeps to its own deadline whatever the coordinator thinks.
+//! - **Pool** ([`pool`]): `POST /v1/pilots` and an optional background loop run the project's
+//!   `vmpilot-submit` scripts; every job id is recorded as soon as it is known.
+//!
+//! The binary (`src/bin/vmpilot-coordinator.rs`) only parses flags and calls [`run`].
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod ingest;
+pub mod message;
+pub mod pool;
+pub mod query;
+pub mod web;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use self::config::{Config, ConfigError};
+use self::db::{Db, DbError};
+use self::pool::Pool;
+
+/// Why the coordinator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// The config is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The listen address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}\n\nhint: another coordinator may be running; change `listen` in the config"
+    )]
+    Bind {
+        /// The address from the config.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Everything a request handler needs; cloned cheaply into every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The database (one writer thread, pooled readers).
+    pub db: Db,
+    /// The pilot pool, when `[pool]` is configured.
+    pub pool: Option<Arc<Pool>>,
+}
+
+/// Run the coordinator until SIGTERM or SIGINT: bind, serve, then drain in-flight requests,
+/// stop the background tasks and close the database.
+///
+/// `ready` is called once with the bound address (the binary prints it, so a config with
+/// port 0 is usable by scripts and tests).
+pub async fn run(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), CoordError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| CoordError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(CoordError::Serve)?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback over plain HTTP: put a TLS proxy in front, the admin token travels in the clear");
+    }
+    let db = Db::open(&config.database)?;
+    let config = Arc::new(config);
+    let pool = config.pool.clone().map(|p| Arc::new(Pool::new(p)));
+    let state = AppState {
+        config: config.clone(),
+        db: db.clone(),
+        pool: pool.clone(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lost_task = tokio::spawn(lost_loop(state.clone(), stop_rx.clone()));
+    let pool_task = pool.map(|p| tokio::spawn(pool::pool_loop(p, db.clone(), stop_rx.clone())));
+    let shutdown = shutdown_signal()?;
+    ready(addr);
+    tracing::info!(%addr, database = %config.database.display(), "coordinator started");
+    let app = api::router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Whatever the server did, stop the background tasks and close the database so every
+    // committed write is checkpointed and the file is left clean.
+    let _ = stop_tx.send(true);
+    let _ = lost_task.await;
+    if let Some(t) = pool_task {
+        let _ = t.await;
+    }
+    db.close().await;
+    tracing::info!("coordinator stopped");
+    served.map_err(CoordError::Serve)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, CoordError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(CoordError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(CoordError::Signals)?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "stopping: draining in-flight requests");
+    })
+}
+
+/// Flags reserved leases that have been silent for `lost_after`, every quarter of that
+/// (at most every 10 s), until `stop` turns true.
+async fn lost_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let lost_after = state.config.lost_after;
+    let every = (lost_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        match state.db.mark_lost(lost_after).await {
+            Ok(leases) => {
+                for (lease, epoch) in leases {
+                    tracing::warn!(%lease, epoch, "lease lost: no event for {}", humantime::format_duration(lost_after));
+                }
+            }
+            Err(e) => tracing::error!("lost-lease check failed: {e:#}"),
+        }
+    }
+}
