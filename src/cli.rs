@@ -124,9 +124,40 @@ pub struct KillAllArgs {
     /// How hard to stop guests.
     #[arg(long, value_enum, default_value_t = KillLevel::Fast)]
     pub level: KillLevel,
+    /// Same as `--level graceful`.
+    #[arg(long, conflicts_with_all = ["quick", "fast"])]
+    pub graceful: bool,
+    /// Same as `--level quick`.
+    #[arg(long, conflicts_with_all = ["graceful", "fast"])]
+    pub quick: bool,
+    /// Same as `--level fast` (the default): destroy guests at once.
+    #[arg(long, conflicts_with_all = ["graceful", "quick"])]
+    pub fast: bool,
+    /// Do not ask for confirmation; required when stdin is not a terminal (pdsh, scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// Why the admin pulled the brake; sent to the coordinator with the `killed` events.
     #[arg(long, value_name = "TEXT", default_value = "admin kill-all")]
     pub reason: String,
+    /// Cluster-wide: cancel every pilot job through the batch system (scancel / qdel) and
+    /// wait for them to leave; each node's epilog then restores it.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+impl KillAllArgs {
+    /// The level, from `--level` or its shorthand flags.
+    pub fn effective_level(&self) -> KillLevel {
+        if self.graceful {
+            KillLevel::Graceful
+        } else if self.quick {
+            KillLevel::Quick
+        } else if self.fast {
+            KillLevel::Fast
+        } else {
+            self.level
+        }
+    }
 }
 
 /// What `vmpilot generate` writes.

@@ -52,7 +52,14 @@ fn fast_kill_all_stops_every_pilot_and_owned_guest_and_restores_the_node() {
     node.add_guest("ka-slow", Some("ka"), &["--shutdown-delay", "10m"]);
     node.add_guest("kb-stubborn", Some("kb"), &["--ignore-shutdown"]);
     node.add_guest("bystander", None, &[]);
-    let out = node.run(&["kill-all", "--level", "fast", "--reason", "rack on fire"]);
+    let out = node.run(&[
+        "kill-all",
+        "--yes",
+        "--level",
+        "fast",
+        "--reason",
+        "rack on fire",
+    ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert_eq!(a.finish().0, 5, "ended by signal, restored");
     assert_eq!(b.finish().0, 5);
@@ -89,7 +96,7 @@ fn graceful_kill_all_gives_guests_their_acpi_shutdown() {
     let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "kg"]);
     node.wait_state("kg", "reserved");
     node.add_guest("polite", Some("kg"), &["--shutdown-delay", "300ms"]);
-    let out = node.run(&["kill-all", "--level", "graceful"]);
+    let out = node.run(&["kill-all", "--yes", "--graceful"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(pilot.finish().0, 5);
     let r = node.record("kg").unwrap();
@@ -104,7 +111,7 @@ fn kill_all_finishes_the_lease_of_a_pilot_that_is_already_dead() {
     node.wait_state("kd", "reserved");
     pilot.signal(nix::sys::signal::Signal::SIGKILL);
     pilot.finish();
-    let out = node.run(&["kill-all"]);
+    let out = node.run(&["kill-all", "--yes"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("kd"),
@@ -122,7 +129,7 @@ fn kill_all_while_a_pilot_is_mid_reserve_rolls_it_back() {
     node.fault("reserve", "hang", 1, "1500ms");
     let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "km"]);
     node.wait_state("km", "reserving");
-    let out = node.run(&["kill-all"]);
+    let out = node.run(&["kill-all", "--yes"]);
     assert!(out.status.success(), "{}", stderr(&out));
     pilot.finish();
     let r = node.record("km").unwrap();
@@ -134,7 +141,7 @@ fn kill_all_while_a_pilot_is_mid_reserve_rolls_it_back() {
 fn kill_all_with_nothing_running_is_a_no_op_and_idempotent() {
     let node = Node::new("");
     for _ in 0..2 {
-        let out = node.run(&["kill-all"]);
+        let out = node.run(&["kill-all", "--yes"]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
 }
@@ -149,6 +156,7 @@ fn kill_all_refuses_to_run_as_a_normal_user() {
             "--clear-groups",
             bin(),
             "kill-all",
+            "--yes",
         ])
         .output()
         .unwrap();
@@ -158,4 +166,21 @@ fn kill_all_refuses_to_run_as_a_normal_user() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn kill_all_without_a_terminal_needs_yes_and_does_nothing_otherwise() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "ky"]);
+    node.wait_state("ky", "reserved");
+    let out = node.run(&["kill-all"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
+    assert_eq!(
+        node.record("ky").unwrap()["state"],
+        "reserved",
+        "nothing was done"
+    );
+    pilot.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(pilot.finish().0, 5);
 }

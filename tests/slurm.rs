@@ -443,3 +443,57 @@ fn the_pbs_script_runs_through_qsub_under_a_simulated_pbs_environment() {
     assert_eq!(j["JobState"], "COMPLETED");
     assert!(node.reservations().is_empty());
 }
+
+#[test]
+fn kill_all_cluster_cancels_every_pilot_job_and_only_pilot_jobs() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let mut jobs = Jobs::default();
+    let a = submit_pilot(&node, &mut jobs, "c1", "vmpilot.sbatch", "5", "1", &[], &[]);
+    // A job that is merely called `vmpilot` (no pilot comment) must survive.
+    let decoy = jobs.add(&sbatch(
+        &[
+            "-J",
+            "vmpilot",
+            "-t",
+            "2",
+            "-c",
+            "1",
+            "--mem",
+            "100M",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 60",
+        ],
+        &[],
+    ));
+    node.wait_state("c1", "reserved");
+    wait_running(&decoy);
+    let out = node.run(&["kill-all", "--cluster", "--yes", "--reason", "maintenance"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let table = common::stdout(&out);
+    assert!(table.contains(&a) && table.contains("gone"), "{table}");
+    assert!(
+        !table.contains(&decoy),
+        "a non-pilot job was listed: {table}"
+    );
+    let j = wait_done(&a, Duration::from_secs(30));
+    assert_eq!(j["JobState"], "CANCELLED");
+    assert_eq!(node.record("c1").unwrap()["state"], "unreserved");
+    assert!(node.reservations().is_empty());
+    assert_eq!(
+        common::slurm::job(&decoy)["JobState"],
+        "RUNNING",
+        "the decoy was cancelled"
+    );
+}

@@ -10,9 +10,11 @@ use nix::unistd::Pid;
 use crate::cli::{KillAllArgs, KillLevel};
 use crate::config::Overrides;
 use crate::coordinator::outbox::Outbox;
-use crate::exit::{EnvironmentError, ExitStatus};
+use crate::exit::{EnvironmentError, ExitStatus, UsageError};
 use crate::kill_request::{self, KillRequest};
 use crate::lease::store::Store;
+use crate::lrm::LrmKind;
+use crate::lrm::cluster::Cluster;
 use crate::process::ProcessIdentity;
 use crate::recovery::{self, Scope, Trigger};
 use crate::release::Releaser;
@@ -31,12 +33,17 @@ pub async fn kill_all(globals: &Globals, args: KillAllArgs) -> anyhow::Result<Ex
     }
     let config = globals.load(Overrides::default())?;
     init_logging(&config);
+    confirm(&args, &config)?;
+    if args.cluster {
+        return kill_cluster(&config).await;
+    }
+    let level = args.effective_level();
     let store = Store::open(&config.state_dir)?;
     let outbox = Outbox::open(&config)?;
     let host = crate::host::open(&config)?;
-    let request = KillRequest::new(args.level, &args.reason);
+    let request = KillRequest::new(level, &args.reason);
     kill_request::publish(&config.state_dir, &request)?;
-    let (wait, budget) = match args.level {
+    let (wait, budget) = match level {
         KillLevel::Fast => (Duration::from_secs(5), Duration::from_secs(5)),
         KillLevel::Quick => (Duration::from_secs(15), Duration::from_secs(10)),
         KillLevel::Graceful => {
@@ -72,6 +79,81 @@ pub async fn kill_all(globals: &Globals, args: KillAllArgs) -> anyhow::Result<Ex
     let outcomes = outcomes?;
     print!("{}", recovery::summary_table(&outcomes));
     if outcomes.iter().any(|o| o.is_failure()) {
+        return Ok(ExitStatus::HostFailure);
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// Ask before pulling the brake, unless `--yes`; without a terminal `--yes` is required, so
+/// a mistyped pdsh line cannot stop a cluster's worth of guests.
+fn confirm(args: &KillAllArgs, config: &crate::config::Config) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if args.yes {
+        return Ok(());
+    }
+    let what = if args.cluster {
+        "cancel EVERY pilot job in the cluster".to_string()
+    } else {
+        format!(
+            "stop every pilot and lease guest on node {}",
+            config.node_name
+        )
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError {
+            problem: format!("kill-all would {what}, and there is no terminal to confirm it"),
+            hint: "add --yes to confirm (as in `vmpilot kill-all --yes --reason \"...\"`)".into(),
+        }
+        .into());
+    }
+    eprint!("vmpilot: {what}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        return Ok(());
+    }
+    Err(UsageError {
+        problem: "kill-all not confirmed; nothing was done".into(),
+        hint: "answer y, or pass --yes".into(),
+    }
+    .into())
+}
+
+/// `--cluster`: cancel every pilot job through the batch system and report per job.
+async fn kill_cluster(config: &crate::config::Config) -> anyhow::Result<ExitStatus> {
+    let on_path = |p: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file()))
+    };
+    let cluster = match config.lrm.kind {
+        LrmKind::Slurm => Cluster::Slurm,
+        LrmKind::Pbs => Cluster::Pbs,
+        LrmKind::Auto if on_path("squeue") => Cluster::Slurm,
+        LrmKind::Auto if on_path("qselect") => Cluster::Pbs,
+        _ => {
+            return Err(EnvironmentError {
+                problem: "kill-all --cluster needs a batch system, and none was found (no squeue or qselect on PATH, or `[lrm] kind = \"none\"`)".into(),
+                hint: "run it where the batch system's client commands are installed, or set `[lrm] kind`".into(),
+            }
+            .into());
+        }
+    };
+    let timeout = config.lrm.command_timeout.get();
+    let results = cluster
+        .cancel_all(timeout, Duration::from_secs(120))
+        .await?;
+    println!("{:<12} {:<12} {:<16} RESULT", "JOB", "STATE", "NODES");
+    for r in &results {
+        println!(
+            "{:<12} {:<12} {:<16} {}",
+            r.job.id, r.job.state, r.job.nodes, r.result
+        );
+    }
+    if results.is_empty() {
+        println!("no pilot jobs found");
+    }
+    if results.iter().any(|r| r.result != "gone") {
         return Ok(ExitStatus::HostFailure);
     }
     Ok(ExitStatus::Success)

@@ -6,6 +6,7 @@
 //! job's cgroup, so the batch system cannot enforce it; the pilot must). Every query runs with
 //! a timeout and keeps the tool's stderr; any failure happens before the host is touched.
 
+pub mod cluster;
 pub mod pbs;
 pub mod slurm;
 
