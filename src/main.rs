@@ -22,9 +22,26 @@ fn main() -> ExitCode {
     let status = match runtime.block_on(vmpilot::commands::dispatch(cli)) {
         Ok(status) => status,
         Err(err) => {
-            eprintln!("vmpilot: {err:#}");
+            eprintln!("vmpilot: {}", render(&err));
             ExitStatus::from_error(&err)
         }
     };
     ExitCode::from(status.code())
+}
+
+/// The error and its causes on one line, like `{:#}`, but without repeating a cause that an
+/// outer message already quotes (vmpilot's typed errors include their OS error and hint).
+fn render(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -497,3 +497,90 @@ fn kill_all_cluster_cancels_every_pilot_job_and_only_pilot_jobs() {
         "the decoy was cancelled"
     );
 }
+
+/// Undefines a libvirt domain (and its managed save) when dropped.
+struct Domain(String);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system", "destroy", &self.0])
+            .output();
+        let _ = std::process::Command::new("virsh")
+            .args([
+                "-c",
+                "qemu:///system",
+                "undefine",
+                "--managed-save",
+                &self.0,
+            ])
+            .output();
+    }
+}
+
+#[test]
+fn the_full_batch_loop_on_libvirt_leaves_no_guest_behind() {
+    if !enabled("slurm") || !enabled("libvirt") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("backend = \"simulated\"", "backend = \"libvirt\"")
+        .replace("host_reserve = \"512M\"", "host_reserve = \"256M\"");
+    std::fs::write(&node.config, text).unwrap();
+    let mut jobs = Jobs::default();
+    let id = submit_pilot(&node, &mut jobs, "s9", "vmpilot.sbatch", "5", "1", &[], &[]);
+    let epoch = node.wait_state("s9", "reserved")["epoch"].as_u64().unwrap();
+    // The coordinator's part: define and start a tiny guest carrying the lease's metadata.
+    let name = format!("vmpilot-it-batchloop-{}", std::process::id());
+    let domain = Domain(name.clone());
+    let meta = format!(
+        "<vmpilot:lease xmlns:vmpilot=\"https://vmpilot.dev/xmlns/lease/1\" id=\"s9\" epoch=\"{epoch}\"/>"
+    );
+    let console = node.dir.path().join("console.log").display().to_string();
+    let xml = sh(
+        &repo()
+            .join("tests/testbed/guest-xml.sh")
+            .display()
+            .to_string(),
+        &[&name, "", "131072", &console, "", &meta],
+    );
+    let xml_path = node.dir.path().join("guest.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    sh(
+        "virsh",
+        &[
+            "-c",
+            "qemu:///system",
+            "define",
+            &xml_path.display().to_string(),
+        ],
+    );
+    sh("virsh", &["-c", "qemu:///system", "start", &name]);
+    sh("scancel", &[&id]);
+    let j = wait_done(&id, Duration::from_secs(60));
+    assert_eq!(j["JobState"], "CANCELLED", "{}", job_log(&node, &id));
+    let r = node.record("s9").unwrap();
+    assert_eq!(r["state"], "unreserved", "{}", job_log(&node, &id));
+    assert_eq!(r["end_reason"], "cancelled");
+    assert_eq!(r["guests"][0]["name"], name.as_str());
+    assert!(
+        matches!(
+            r["guests"][0]["fate"].as_str(),
+            Some("shut-down" | "destroyed")
+        ),
+        "{r}"
+    );
+    let state = sh("virsh", &["-c", "qemu:///system", "domstate", &name]);
+    assert!(
+        state.trim().starts_with("shut off"),
+        "guest left running: {state}"
+    );
+    let status = node.run(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(s["mode"], "batch");
+    drop(domain);
+}

@@ -1,0 +1,119 @@
+//! Batch-system failures before the pilot starts: a missing, hanging, failing or babbling
+//! `scontrol`/`qstat`. Each must give a clear error and leave the node untouched. The batch
+//! tools here are FAKES (small shell scripts written by the test), because the failure modes
+//! cannot be provoked on demand from the real Slurm; tests/slurm.rs covers the real one.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{Node, stderr};
+
+/// Write a fake tool into `dir`.
+fn fake(dir: &Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\n# FAKE {name} for vmpilot's batch-failure tests\n{body}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn run_under(node: &Node, fakes: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = node.cmd(&["run", "--memory", "512M", "--lease-id", "f"]);
+    cmd.env("PATH", fakes);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn every_batch_system_failure_is_clear_and_changes_nothing() {
+    let cases: [(&str, &str, &str, &str); 5] = [
+        ("slurm", "missing", "", "`scontrol` was not found"),
+        ("slurm", "scontrol", "exec /bin/sleep 30", "did not finish within"),
+        (
+            "slurm",
+            "scontrol",
+            "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",
+            "Invalid job id specified",
+        ),
+        (
+            "slurm",
+            "scontrol",
+            "echo 'JobId=4242 JobState=RUNNING TimeLimit=soon RunTime=00:00:01'",
+            "TimeLimit=soon",
+        ),
+        (
+            "pbs",
+            "qstat",
+            "echo 'qstat: Unknown Job Id 4242.server' >&2; exit 153",
+            "Unknown Job Id",
+        ),
+    ];
+    for (lrm, tool, body, needle) in cases {
+        let node = Node::new("[lrm]\ncommand_timeout = \"1s\"\n");
+        let bin = node.dir.path().join("fakebin");
+        std::fs::create_dir_all(&bin).unwrap();
+        if tool != "missing" {
+            fake(&bin, tool, body);
+        }
+        let env: Vec<(&str, &str)> = match lrm {
+            "slurm" => vec![("SLURM_JOB_ID", "4242")],
+            _ => vec![("PBS_JOBID", "4242.server")],
+        };
+        let out = run_under(&node, &bin, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{tool}/{needle}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(needle), "{tool}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("4242"),
+            "the job is named: {}",
+            stderr(&out)
+        );
+        assert!(
+            node.record("f").is_none(),
+            "{tool}: a lease record was written"
+        );
+        assert!(node.reservations().is_empty());
+    }
+}
+
+#[test]
+fn a_pilot_asking_for_more_than_its_job_was_given_is_refused() {
+    let node = Node::new("");
+    let bin = node.dir.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    fake(
+        &bin,
+        "scontrol",
+        "echo 'JobId=77 JobState=RUNNING RunTime=00:00:05 TimeLimit=01:00:00 NumNodes=1 NumCPUs=2 MinMemoryNode=1G NodeList=n1'",
+    );
+    for (args, needle) in [
+        (vec!["--memory", "2G"], "more than the job's 1024 MiB"),
+        (
+            vec!["--memory", "512M", "--cpus", "3"],
+            "more than the job's 2 CPUs",
+        ),
+    ] {
+        let mut full = vec!["run", "--lease-id", "big"];
+        full.extend(args.iter());
+        let out = node
+            .cmd(&full)
+            .env("PATH", &bin)
+            .env("SLURM_JOB_ID", "77")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+        assert!(node.record("big").is_none());
+        assert!(node.reservations().is_empty());
+    }
+}
