@@ -85,6 +85,26 @@ pub enum UnreservePolicy {
     Destroy,
 }
 
+/// What happens when a reserved lease's running guests use more than it was given.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverBudgetPolicy {
+    /// Log it and tell the coordinator (an `over-budget` event); touch no guest.
+    Report,
+    /// Report it, and destroy the lease's most recently started guests until it is back
+    /// within budget.
+    StopNewest,
+}
+
+impl fmt::Display for OverBudgetPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverBudgetPolicy::Report => "report",
+            OverBudgetPolicy::StopNewest => "stop-newest",
+        })
+    }
+}
+
 /// The file as written. Unknown keys are errors (a typo must not silently fall back to a
 /// default on a production node).
 #[derive(Deserialize, Debug, Default)]
@@ -97,6 +117,13 @@ pub struct RawConfig {
     coordinator: RawCoordinator,
     lrm: RawLrm,
     log: RawLog,
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -120,6 +147,7 @@ struct RawLease {
 struct RawHost {
     backend: Option<HostBackend>,
     on_unreserve: Option<UnreservePolicy>,
+    over_budget: Option<OverBudgetPolicy>,
     exclusive: Option<bool>,
     host_reserve: Option<MemSize>,
     guest_overhead: Option<MemSize>,
@@ -190,6 +218,9 @@ pub struct Config {
     pub lrm: LrmConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Prometheus textfile-collector file rewritten on every transition (`[metrics]
+    /// textfile`); `None`: no metrics.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// `[lrm]`.
@@ -222,6 +253,8 @@ pub struct HostConfig {
     pub backend: HostBackend,
     /// What happens to guests at lease end.
     pub on_unreserve: UnreservePolicy,
+    /// What happens when the lease's guests use more than it was given.
+    pub over_budget: OverBudgetPolicy,
     /// Every guest on the host belongs to the (single) lease.
     pub exclusive: bool,
     /// Memory never handed to guests (host OS, batch daemons).
@@ -392,6 +425,16 @@ impl Config {
                 "use error, warn, info, debug or trace",
             ));
         }
+        let metrics_textfile = raw.metrics.textfile;
+        if let Some(p) = &metrics_textfile
+            && (!p.is_absolute() || p.extension().is_none_or(|e| e != "prom"))
+        {
+            return Err(invalid(
+                "metrics.textfile",
+                format!("`{}` is not an absolute path ending in .prom", p.display()),
+                "node_exporter's textfile collector reads *.prom files, e.g. /var/lib/node_exporter/textfile/vmpilot.prom",
+            ));
+        }
         Ok(Config {
             source: source.to_path_buf(),
             state_dir,
@@ -401,6 +444,7 @@ impl Config {
             coordinator,
             lrm,
             log,
+            metrics_textfile,
         })
     }
 
@@ -470,6 +514,7 @@ fn resolve_host(raw: RawHost, o: &Overrides, invalid: &Invalid) -> Result<HostCo
     Ok(HostConfig {
         backend,
         on_unreserve: raw.on_unreserve.unwrap_or(UnreservePolicy::Shutdown),
+        over_budget: raw.over_budget.unwrap_or(OverBudgetPolicy::Report),
         exclusive: raw.exclusive.unwrap_or(false),
         host_reserve,
         guest_overhead: raw.guest_overhead.unwrap_or(MemSize(128)),
@@ -634,6 +679,7 @@ mod tests {
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(c.host.backend, HostBackend::Libvirt);
         assert_eq!(c.host.on_unreserve, UnreservePolicy::Shutdown);
+        assert_eq!(c.host.over_budget, OverBudgetPolicy::Report);
         assert_eq!(c.lease.grace, Duration::from_secs(60));
         assert!(c.coordinator.is_none());
     }
@@ -666,6 +712,20 @@ mod tests {
             "[host]\nbackend = \"simulated\"\nhost_reserve = \"2G\"\n[host.simulated]\nmemory = \"1G\"\n",
         );
         assert!(e.contains("`host.simulated.memory`"), "{e}");
+    }
+
+    #[test]
+    fn over_budget_policy_is_read_and_checked() {
+        let c = resolve("[host]\nover_budget = \"stop-newest\"\n").unwrap();
+        assert_eq!(c.host.over_budget, OverBudgetPolicy::StopNewest);
+        assert_eq!(c.host.over_budget.to_string(), "stop-newest");
+        let c = resolve("[host]\nover_budget = \"report\"\n").unwrap();
+        assert_eq!(c.host.over_budget, OverBudgetPolicy::Report);
+        let e = err("[host]\nover_budget = \"stop-oldest\"\n");
+        assert!(
+            e.contains("stop-oldest") && e.contains("over_budget"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod host;
 pub mod kill_request;
 pub mod lease;
 pub mod lrm;
+pub mod metrics;
 pub mod pilot;
 pub mod process;
 pub mod progress;

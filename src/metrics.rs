@@ -79,6 +79,53 @@ pub fn write(
     replace_file(path, text.as_bytes())
 }
 
+/// Rewrite the configured metrics file from what is on disk now. Best effort: a metrics
+/// failure is logged and never stops or delays a lease. Called after every transition by the
+/// pilot, `recover` and `kill-all`, so all of them write the same, node-wide figures.
+pub fn publish(config: &crate::config::Config, store: &crate::lease::store::Store) {
+    let Some(path) = &config.metrics_textfile else {
+        return;
+    };
+    let leases: Vec<LeaseRecord> = store
+        .list()
+        .map(|all| all.into_iter().flatten().collect())
+        .unwrap_or_default();
+    let spool = config.coordinator.as_ref().and_then(|_| {
+        crate::coordinator::spool::Spool::open(&config.state_dir)
+            .ok()?
+            .backlog()
+            .ok()
+    });
+    if let Err(e) = write(
+        path,
+        &config.node_name,
+        &leases,
+        spool.as_ref(),
+        &failure_counts(&leases),
+    ) {
+        tracing::warn!(error = %e, "cannot write the metrics file");
+    }
+}
+
+/// Node-wide failure totals, derived from the lease records (which are kept), so every
+/// writer agrees and the counters only grow while records are kept.
+pub fn failure_counts(leases: &[LeaseRecord]) -> BTreeMap<String, u64> {
+    use crate::lease::EndReason;
+    let mut counts = BTreeMap::new();
+    let mut bump = |kind: &str| *counts.entry(kind.to_string()).or_insert(0) += 1;
+    for r in leases {
+        if r.state == LeaseState::Failed {
+            bump("not-restored");
+        }
+        match r.end_reason {
+            Some(EndReason::HostError) => bump("host-error"),
+            Some(EndReason::PilotLost) => bump("pilot-lost"),
+            _ => {}
+        }
+    }
+    counts
+}
+
 /// Atomically replace `path` with `bytes`, world-readable (see the module docs for why not
 /// `fsutil::write_atomic`, which makes files 0600 and fsyncs).
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
@@ -138,7 +185,11 @@ pub fn render(
         "gauge",
         "1 while any lease may hold this node's resources (reserving, reserved, unreserving or failed), else 0.",
     );
-    out.sample("vmpilot_node_hosting", &node_label, f64::from(u8::from(hosting)));
+    out.sample(
+        "vmpilot_node_hosting",
+        &node_label,
+        f64::from(u8::from(hosting)),
+    );
 
     out.family(
         "vmpilot_lease_state",
@@ -176,7 +227,11 @@ pub fn render(
     );
     for r in &shown {
         if let Some(d) = span(r, LeaseState::Reserving, LeaseState::Reserved) {
-            out.sample("vmpilot_lease_reserve_duration_seconds", &lease_labels(r), d);
+            out.sample(
+                "vmpilot_lease_reserve_duration_seconds",
+                &lease_labels(r),
+                d,
+            );
         }
     }
 
@@ -291,7 +346,11 @@ fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
@@ -386,7 +445,10 @@ mod tests {
                 assert!(valid_name(name), "{at}");
                 assert!(!help.is_empty(), "{at}");
                 assert!(helped.insert(name.into()), "HELP twice: {at}");
-                assert!(!families.contains(&name.to_string()), "HELP after samples: {at}");
+                assert!(
+                    !families.contains(&name.to_string()),
+                    "HELP after samples: {at}"
+                );
                 continue;
             }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -410,7 +472,10 @@ mod tests {
             let value = &rest[close + 2..];
             assert!(!value.contains(' '), "no timestamps: {at}");
             let value: f64 = value.parse().expect(&at);
-            assert!(series.insert(format!("{name}{labels:?}")), "duplicate: {at}");
+            assert!(
+                series.insert(format!("{name}{labels:?}")),
+                "duplicate: {at}"
+            );
             samples.push(Sample {
                 name: name.into(),
                 labels,
@@ -433,7 +498,10 @@ mod tests {
         let mut chars = s.chars().peekable();
         while chars.peek().is_some() {
             let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
-            assert!(valid_name(&name) && !name.starts_with("__"), "label name: {at}");
+            assert!(
+                valid_name(&name) && !name.starts_with("__"),
+                "label name: {at}"
+            );
             assert_eq!(chars.next(), Some('"'), "{at}");
             let mut value = String::new();
             loop {
@@ -526,9 +594,17 @@ mod tests {
 
         assert_eq!(value(&s, "vmpilot_node_hosting", &[("node", "n1")]), 1.0);
         for state in LeaseState::ALL {
-            let expected = if state == LeaseState::Reserved { 1.0 } else { 0.0 };
+            let expected = if state == LeaseState::Reserved {
+                1.0
+            } else {
+                0.0
+            };
             let labels = [("lease", "slot-7"), ("state", state.as_str())];
-            assert_eq!(value(&s, "vmpilot_lease_state", &labels), expected, "{state}");
+            assert_eq!(
+                value(&s, "vmpilot_lease_state", &labels),
+                expected,
+                "{state}"
+            );
         }
         let ones: f64 = s
             .iter()
@@ -537,7 +613,11 @@ mod tests {
             .sum();
         assert_eq!(ones, 1.0, "exactly one current state");
         assert_eq!(
-            value(&s, "vmpilot_lease_state", &[("lease", "slot-done"), ("state", "unreserved")]),
+            value(
+                &s,
+                "vmpilot_lease_state",
+                &[("lease", "slot-done"), ("state", "unreserved")]
+            ),
             1.0
         );
         assert_eq!(
@@ -545,9 +625,16 @@ mod tests {
             datetime!(2026-05-01 13:00:00 UTC).unix_timestamp() as f64
         );
         let reserve = [("lease", "slot-done")];
-        assert_eq!(value(&s, "vmpilot_lease_reserve_duration_seconds", &reserve), 1.5);
         assert_eq!(
-            value(&s, "vmpilot_lease_reserve_duration_seconds", &[("lease", "slot-7")]),
+            value(&s, "vmpilot_lease_reserve_duration_seconds", &reserve),
+            1.5
+        );
+        assert_eq!(
+            value(
+                &s,
+                "vmpilot_lease_reserve_duration_seconds",
+                &[("lease", "slot-7")]
+            ),
             3.0
         );
         assert_eq!(
@@ -555,14 +642,25 @@ mod tests {
             120.25
         );
         assert!(
-            find(&s, "vmpilot_lease_signal_to_restored_seconds", &[("lease", "slot-7")]).is_none(),
+            find(
+                &s,
+                "vmpilot_lease_signal_to_restored_seconds",
+                &[("lease", "slot-7")]
+            )
+            .is_none(),
             "a lease still reserved has no restore time"
         );
         assert_eq!(value(&s, "vmpilot_spool_depth", &[]), 3.0);
         assert_eq!(value(&s, "vmpilot_spool_oldest_age_seconds", &[]), 95.0);
         assert_eq!(value(&s, "vmpilot_spool_rejected", &[]), 1.0);
-        assert_eq!(value(&s, "vmpilot_failures_total", &[("kind", "host")]), 2.0);
-        assert_eq!(value(&s, "vmpilot_failures_total", &[("kind", "coordinator")]), 5.0);
+        assert_eq!(
+            value(&s, "vmpilot_failures_total", &[("kind", "host")]),
+            2.0
+        );
+        assert_eq!(
+            value(&s, "vmpilot_failures_total", &[("kind", "coordinator")]),
+            5.0
+        );
         assert!(s.iter().all(|x| x.labels["node"] == "n1"));
         assert!(text.contains("# TYPE vmpilot_failures_total counter\n"));
         assert!(text.contains("# TYPE vmpilot_lease_state gauge\n"));
@@ -570,7 +668,16 @@ mod tests {
         let mut reversed = vec![reserved_lease(t), finished_lease()];
         reversed.reverse();
         let again = render("n1", &reversed, Some(&backlog), &failures, NOW);
-        assert_eq!(again, render("n1", &[finished_lease(), reserved_lease(t)], Some(&backlog), &failures, NOW));
+        assert_eq!(
+            again,
+            render(
+                "n1",
+                &[finished_lease(), reserved_lease(t)],
+                Some(&backlog),
+                &failures,
+                NOW
+            )
+        );
         assert_eq!(again, text);
     }
 
@@ -580,9 +687,15 @@ mod tests {
         let s = parse(&text);
         assert_eq!(value(&s, "vmpilot_node_hosting", &[]), 0.0);
         assert_eq!(s.len(), 1, "only the hosting gauge has a sample: {text}");
-        assert!(!text.contains("vmpilot_spool"), "no coordinator, no spool metrics");
-        // Every family is still announced, so dashboards see the names.
-        for name in METRIC_NAMES.iter().filter(|n| !n.starts_with("vmpilot_spool")) {
+        assert!(
+            !text.contains("vmpilot_spool"),
+            "no coordinator, no spool metrics"
+        );
+        // Every family is still announced (node_exporter accepts empty families).
+        for name in METRIC_NAMES
+            .iter()
+            .filter(|n| !n.starts_with("vmpilot_spool"))
+        {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         }
     }
@@ -590,9 +703,18 @@ mod tests {
     #[test]
     fn old_finished_leases_age_out_but_open_ones_never_do() {
         let later = NOW + Duration::hours(3);
-        let mut old_open = record("slot-open", &[(LeaseState::Reserved, datetime!(2026-04-01 0:00 UTC))]);
+        let mut old_open = record(
+            "slot-open",
+            &[(LeaseState::Reserved, datetime!(2026-04-01 0:00 UTC))],
+        );
         old_open.state = LeaseState::Reserved;
-        let text = render("n1", &[finished_lease(), old_open], None, &BTreeMap::new(), later);
+        let text = render(
+            "n1",
+            &[finished_lease(), old_open],
+            None,
+            &BTreeMap::new(),
+            later,
+        );
         assert!(!text.contains("slot-done"), "{text}");
         assert!(text.contains("lease=\"slot-open\""), "{text}");
         assert_eq!(value(&parse(&text), "vmpilot_node_hosting", &[]), 1.0);
@@ -612,9 +734,15 @@ mod tests {
         );
         let s = parse(&render("n1", &[failed], None, &BTreeMap::new(), NOW));
         assert_eq!(value(&s, "vmpilot_node_hosting", &[]), 1.0);
-        assert_eq!(value(&s, "vmpilot_lease_state", &[("state", "failed")]), 1.0);
+        assert_eq!(
+            value(&s, "vmpilot_lease_state", &[("state", "failed")]),
+            1.0
+        );
         assert!(find(&s, "vmpilot_lease_signal_to_restored_seconds", &[]).is_none());
-        assert_eq!(value(&s, "vmpilot_lease_reserve_duration_seconds", &[]), 0.0);
+        assert_eq!(
+            value(&s, "vmpilot_lease_reserve_duration_seconds", &[]),
+            0.0
+        );
     }
 
     #[test]
@@ -622,7 +750,10 @@ mod tests {
         let t = datetime!(2026-05-01 11:59:00 UTC);
         let r = record(
             "slot-c",
-            &[(LeaseState::Reserving, t), (LeaseState::Reserved, t - Duration::seconds(30))],
+            &[
+                (LeaseState::Reserving, t),
+                (LeaseState::Reserved, t - Duration::seconds(30)),
+            ],
         );
         let s = parse(&render("n1", &[r], None, &BTreeMap::new(), NOW));
         assert!(find(&s, "vmpilot_lease_reserve_duration_seconds", &[]).is_none());
@@ -636,7 +767,10 @@ mod tests {
         assert!(text.contains(r#"node="we\"ird\\node\nname""#), "{text}");
         let s = parse(&text);
         assert_eq!(s[0].labels["node"], node, "round trip");
-        assert_eq!(value(&s, "vmpilot_failures_total", &[("kind", "a\"b")]), 1.0);
+        assert_eq!(
+            value(&s, "vmpilot_failures_total", &[("kind", "a\"b")]),
+            1.0
+        );
         assert_eq!(escape_label_value("plain-1.2_x"), "plain-1.2_x");
     }
 
@@ -664,7 +798,11 @@ mod tests {
             .expect("list")
             .map(|e| e.expect("entry").file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("vmpilot.prom")], "no temp file left");
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("vmpilot.prom")],
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -680,10 +818,16 @@ mod tests {
     fn docs_list_every_metric() {
         let docs = include_str!("../docs/metrics.md");
         for name in METRIC_NAMES {
-            assert!(docs.contains(&format!("`{name}`")), "docs/metrics.md lacks {name}");
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "docs/metrics.md lacks {name}"
+            );
         }
         for label in label_names() {
-            assert!(docs.contains(&format!("`{label}`")), "docs/metrics.md lacks label {label}");
+            assert!(
+                docs.contains(&format!("`{label}`")),
+                "docs/metrics.md lacks label {label}"
+            );
         }
         let text = render(
             "n1",

@@ -240,6 +240,7 @@ impl Pilot {
     async fn hold(&mut self) -> Event {
         progress::start(&self.record);
         let (mut directives, heartbeats) = self.start_heartbeats();
+        let (mut over_budget, budget_watch) = self.start_budget_watch();
         let event = loop {
             let unreserve_at = deadline::unreserve_at(self.deadline, self.grace);
             let sig = tokio::select! {
@@ -257,12 +258,18 @@ impl Pilot {
                         continue;
                     }
                 },
+                Some(violation) = over_budget.recv() => {
+                    self.report_over_budget(violation);
+                    continue;
+                }
             };
             break match sig {
                 Some(sig) => self.signal_event(&sig).await,
                 None => Event::Deadline,
             };
         };
+        // Before unreserving: no guest is stopped for the budget from here on.
+        drop(budget_watch);
         drop(heartbeats);
         event
     }
@@ -491,6 +498,7 @@ impl Pilot {
     fn apply(&mut self, event: &Event) -> anyhow::Result<LeaseState> {
         let to = self.record.apply(event)?;
         self.releaser.store.save(&self.record)?;
+        crate::metrics::publish(&self.releaser.config, &self.releaser.store);
         tracing::info!(
             lease = %self.record.lease_id,
             job = self.record.job_id.as_deref().unwrap_or("-"),
@@ -533,5 +541,140 @@ impl Pilot {
             })?;
         }
         Ok(())
+    }
+
+    /// Check the lease's guests against its budget whenever the host says they changed
+    /// (and once at the start), in a task of its own so a slow hypervisor never delays a
+    /// signal or the deadline. Violations come back on the channel, each reported once.
+    fn start_budget_watch(&self) -> (mpsc::Receiver<crate::host::budget::Violation>, BudgetWatch) {
+        let (found, rx) = mpsc::channel(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let share = LeaseShare {
+            lease_id: self.record.lease_id.clone(),
+            epoch: self.record.epoch,
+            memory_mib: self.record.memory_mib,
+            cpus: self.record.cpus,
+            max_guests: self.releaser.config.lease.max_guests,
+        };
+        let host = &self.releaser.config.host;
+        let task = tokio::spawn(watch_budget(
+            self.releaser.host.clone(),
+            share,
+            (host.over_budget, host.exclusive),
+            stop.clone(),
+            found,
+        ));
+        (rx, BudgetWatch { stop, task })
+    }
+
+    /// Log a budget violation, keep it as the lease's last error and tell the coordinator;
+    /// the lease goes on.
+    fn report_over_budget(&mut self, violation: crate::host::budget::Violation) {
+        tracing::error!(lease = %self.record.lease_id, detail = %violation.detail, action = %violation.action, "lease over budget");
+        self.record.last_error = Some(format!(
+            "over budget: {} ({})",
+            violation.detail, violation.action
+        ));
+        let body = EventBody::OverBudget {
+            detail: violation.detail,
+            action: violation.action,
+        };
+        if let Err(e) = self.emit(body) {
+            tracing::error!(lease = %self.record.lease_id, error = %e, "cannot record the over-budget event");
+        }
+    }
+}
+
+/// Longest a budget check (with `stop-newest`, its destroys) or starting the guest watch
+/// may take; a hung hypervisor then costs a warning, not the lease.
+const BUDGET_CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// The budget task; dropping it stops further checks and any further guest stops.
+struct BudgetWatch {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BudgetWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+/// A guest watch dropped on a blocking thread: stopping it may wait on the hypervisor.
+struct OffRuntime(Option<crate::host::GuestWatch>);
+
+impl Drop for OffRuntime {
+    fn drop(&mut self) {
+        if let Some(watch) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(watch))),
+                Err(_) => drop(watch),
+            }
+        }
+    }
+}
+
+/// The budget task: start the host's guest watch, then check and apply the policy on
+/// every notification (a burst of them is one check).
+async fn watch_budget(
+    host: Arc<dyn crate::host::Host>,
+    share: LeaseShare,
+    (policy, exclusive): (crate::config::OverBudgetPolicy, bool),
+    stop: Arc<AtomicBool>,
+    found: mpsc::Sender<crate::host::budget::Violation>,
+) {
+    let (notify, mut changes) = mpsc::unbounded_channel();
+    // A guest may have started between the `reserved` event and the watch.
+    let _ = notify.send(());
+    let h = host.clone();
+    let watching = tokio::task::spawn_blocking(move || h.watch_guests(notify));
+    let _watch = match tokio::time::timeout(BUDGET_CALL_LIMIT, watching).await {
+        Ok(Ok(Ok(Some(w)))) => OffRuntime(Some(w)),
+        Ok(Ok(Ok(None))) => {
+            tracing::debug!(lease = %share.lease_id, "this host backend has no guest events; the budget is checked once");
+            OffRuntime(None)
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(lease = %share.lease_id, error = %e, "cannot watch the lease's guests; the budget is checked once");
+            OffRuntime(None)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %share.lease_id, error = %e, "starting the guest watch panicked");
+            OffRuntime(None)
+        }
+        Err(_) => {
+            tracing::warn!(lease = %share.lease_id, after = ?BUDGET_CALL_LIMIT, "starting the guest watch hangs; the budget is not watched");
+            return;
+        }
+    };
+    let mut last: Option<crate::host::budget::Violation> = None;
+    while changes.recv().await.is_some() {
+        while changes.try_recv().is_ok() {}
+        let (h, s, st) = (host.clone(), share.clone(), stop.clone());
+        let checking = tokio::task::spawn_blocking(move || {
+            crate::host::budget::enforce(h.as_ref(), &s, policy, exclusive, &st)
+        });
+        match tokio::time::timeout(BUDGET_CALL_LIMIT, checking).await {
+            // Reported once: a lease that stays over budget is not reported at every event.
+            Ok(Ok(Ok(Some(v)))) if last.as_ref() != Some(&v) => {
+                last = Some(v.clone());
+                if found.send(v).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Ok(Ok(Some(_)))) => {}
+            Ok(Ok(Ok(None))) => last = None,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(lease = %share.lease_id, error = %e, "cannot check the lease's guests against its budget")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %share.lease_id, error = %e, "the budget check panicked")
+            }
+            Err(_) => {
+                tracing::warn!(lease = %share.lease_id, after = ?BUDGET_CALL_LIMIT, "the budget check did not finish in time")
+            }
+        }
     }
 }

@@ -192,6 +192,7 @@ async fn recover_one(
     };
     let to = record.apply(&event)?;
     releaser.store.save(record)?;
+    crate::metrics::publish(&releaser.config, &releaser.store);
     tracing::info!(lease = %record.lease_id, from = %from, state = %to, event = %event, "recovering");
     if to == LeaseState::Unreserving {
         releaser

@@ -75,6 +75,7 @@ impl Releaser {
             .expect("unreserving accepts restored and host-error");
         self.store.save(record)?;
         crashpoint::hit(Point::UnreservedSaved);
+        crate::metrics::publish(&self.config, &self.store);
         match &result {
             Ok(()) => tracing::info!(lease = %record.lease_id, state = %to, "node restored"),
             Err(e) => {

@@ -226,3 +226,19 @@ fn recover_on_a_node_that_never_hosted_does_nothing_and_creates_nothing() {
     );
     assert!(!node.state_dir().exists());
 }
+
+#[test]
+fn kill_all_on_a_node_with_nothing_open_needs_no_hypervisor() {
+    // The shutdown drain runs kill-all on every node: with no open lease it must succeed
+    // even when the hypervisor is unreachable.
+    let node = Node::new(
+        "[host.libvirt]\nuri = \"qemu+unix:///system?socket=/nonexistent/libvirt-sock\"\n",
+    );
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("backend = \"simulated\"", "backend = \"libvirt\"");
+    std::fs::write(&node.config, text).unwrap();
+    let out = node.run(&["kill-all", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("nothing to stop"), "{}", stdout(&out));
+}

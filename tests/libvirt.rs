@@ -149,6 +149,17 @@ impl LvNode {
         lease: Option<(&str, u64)>,
         ignore_acpi: bool,
     ) -> String {
+        self.start_guest_with(short, lease, ignore_acpi, 131072)
+    }
+
+    /// [`LvNode::start_guest`] with `memory_kib` of memory.
+    fn start_guest_with(
+        &mut self,
+        short: &str,
+        lease: Option<(&str, u64)>,
+        ignore_acpi: bool,
+        memory_kib: u64,
+    ) -> String {
         let name = format!("{}-{short}", self.prefix);
         let meta = lease
             .map(|(id, epoch)| {
@@ -166,7 +177,7 @@ impl LvNode {
             .args([
                 name.as_str(),
                 "",
-                "131072",
+                &memory_kib.to_string(),
                 &console.display().to_string(),
                 args,
                 &meta,
@@ -542,4 +553,129 @@ fn is_zombie(pid: i32) -> bool {
                 .starts_with('Z')
         })
         .unwrap_or(true)
+}
+
+/// `[host] over_budget = policy` in the node's config.
+fn set_over_budget(lv: &LvNode, policy: &str) {
+    let text = std::fs::read_to_string(&lv.node.config).unwrap();
+    let text = text.replacen(
+        "[host]\n",
+        &format!("[host]\nover_budget = \"{policy}\"\n"),
+        1,
+    );
+    std::fs::write(&lv.node.config, text).unwrap();
+}
+
+/// A pilot whose lease has room for one 128 MiB test guest, not two.
+fn small_pilot(lv: &LvNode, lease: &str) -> Pilot {
+    lv.node.spawn_pilot(&[
+        "--memory",
+        "200M",
+        "--cpus",
+        "2",
+        "--walltime",
+        "10m",
+        "--lease-id",
+        lease,
+    ])
+}
+
+/// Wait until the lease record carries an over-budget report; how long it took.
+fn wait_over_budget(lv: &LvNode, lease: &str, within: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(e) = lv
+            .node
+            .record(lease)
+            .and_then(|r| r["last_error"].as_str().map(String::from))
+            && e.starts_with("over budget")
+        {
+            return (e, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "no over-budget report within {within:?}: {:?}",
+            lv.node.record(lease)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 4, test 4: guests over the lease's budget are detected through libvirt's lifecycle
+/// events (the pilot does not poll) and, with `stop-newest`, the newest is destroyed.
+#[test]
+fn a_guest_over_the_lease_budget_is_caught_by_its_start_event() {
+    if !enabled("a_guest_over_the_lease_budget_is_caught_by_its_start_event") {
+        return;
+    }
+    let mut lv = LvNode::new("overbudget", "destroy", "30s", false);
+    set_over_budget(&lv, "stop-newest");
+    let pilot = small_pilot(&lv, "lvo");
+    let epoch = lv.node.wait_state("lvo", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let bystander = lv.start_guest("bystander", None, false);
+    let first = lv.start_guest("first", Some(("lvo", epoch)), false);
+    // 128 MiB of 200: within budget, nothing happens.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lv.node.record("lvo").unwrap()["last_error"].is_null());
+    let second = lv.start_guest("second", Some(("lvo", epoch)), false);
+    let (report, took) = wait_over_budget(&lv, "lvo", Duration::from_secs(10));
+    eprintln!("over budget detected {took:?} after `virsh start` returned");
+    assert!(took < Duration::from_secs(5), "detected after {took:?}");
+    assert!(
+        report.contains("256 MiB") && report.contains(&first) && report.contains(&second),
+        "{report}"
+    );
+    assert!(report.contains(&format!("(stopped {second})")), "{report}");
+    assert_eq!(domstate(&second), "shut off (destroyed)", "the newest goes");
+    assert_eq!(domstate(&first), "running (booted)");
+    assert_eq!(domstate(&bystander), "running (booted)", "not the lease's");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("lease over budget"), "{err}");
+    let r = lv.node.record("lvo").unwrap();
+    assert_restored(&lv, &r);
+}
+
+/// The event connection dies with libvirtd; the watch reconnects and keeps catching guests.
+#[test]
+fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
+    if !enabled("the_budget_watch_reconnects_after_a_libvirtd_restart") {
+        return;
+    }
+    let mut lv = LvNode::new("obrestart", "destroy", "30s", true);
+    let _guard = RestartGuard;
+    let pid = libvirtd_pid().unwrap_or_else(|| {
+        panic!("no live libvirtd in {LIBVIRTD_PID}: this test restarts the test bed's libvirtd (tests/testbed/up.sh)")
+    });
+    set_over_budget(&lv, "report");
+    let pilot = small_pilot(&lv, "lvr");
+    let epoch = lv.node.wait_state("lvr", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while libvirtd_pid() == Some(pid) && !is_zombie(pid) {
+        assert!(Instant::now() < until, "libvirtd {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start_libvirtd();
+    // The watch retries at most every 5 s; give it that before starting guests.
+    std::thread::sleep(Duration::from_secs(6));
+    let a = lv.start_guest("a", Some(("lvr", epoch)), false);
+    let b = lv.start_guest("b", Some(("lvr", epoch)), false);
+    let (report, took) = wait_over_budget(&lv, "lvr", Duration::from_secs(10));
+    eprintln!("over budget detected {took:?} after `virsh start` returned");
+    assert!(took < Duration::from_secs(5), "detected after {took:?}");
+    assert!(report.ends_with("(reported)"), "{report}");
+    assert_eq!(domstate(&a), "running (booted)", "report touches nothing");
+    assert_eq!(domstate(&b), "running (booted)");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("watching guest events again"), "{err}");
+    let r = lv.node.record("lvr").unwrap();
+    assert_restored(&lv, &r);
 }

@@ -34,7 +34,12 @@ fn run_under(node: &Node, fakes: &Path, env: &[(&str, &str)]) -> std::process::O
 fn every_batch_system_failure_is_clear_and_changes_nothing() {
     let cases: [(&str, &str, &str, &str); 5] = [
         ("slurm", "missing", "", "`scontrol` was not found"),
-        ("slurm", "scontrol", "exec /bin/sleep 30", "did not finish within"),
+        (
+            "slurm",
+            "scontrol",
+            "exec /bin/sleep 30",
+            "did not finish within",
+        ),
         (
             "slurm",
             "scontrol",

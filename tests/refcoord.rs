@@ -314,6 +314,10 @@ fn every_pilot_message_validates_against_its_schema() {
             why: "maintenance".into(),
             outcome: LeaseState::Failed,
         },
+        EventBody::OverBudget {
+            detail: "guests use 300 MiB of 200 MiB".into(),
+            action: "reported".into(),
+        },
     ];
     let mut kinds = HashSet::new();
     for body in bodies {
@@ -337,7 +341,7 @@ fn every_pilot_message_validates_against_its_schema() {
         vmpilot::refcoord::message::parse_event(&serde_json::to_vec(&value).unwrap())
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
-    assert_eq!(kinds.len(), 7, "every event type is covered");
+    assert_eq!(kinds.len(), 8, "every event type is covered");
 
     // The schemas reject what the protocol forbids.
     let good = event("reserved", "l1", 1, 0, json!({}));

@@ -133,7 +133,10 @@ fn ours(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .filter(|l| {
-            l.contains("vmpilot") || DAEMONS.iter().any(|d| l.contains(d.trim_end_matches(".service")))
+            l.contains("vmpilot")
+                || DAEMONS
+                    .iter()
+                    .any(|d| l.contains(d.trim_end_matches(".service")))
         })
         .map(str::to_string)
         .collect()
@@ -189,7 +192,11 @@ fn one(s: &[(String, String, String)], section: &str, key: &str) -> String {
         .filter(|(sec, k, _)| sec == section && k == key)
         .map(|(_, _, v)| v.clone())
         .collect();
-    assert_eq!(v.len(), 1, "{section}.{key} must be set exactly once: {v:?}");
+    assert_eq!(
+        v.len(),
+        1,
+        "{section}.{key} must be set exactly once: {v:?}"
+    );
     v[0].clone()
 }
 
@@ -243,9 +250,21 @@ fn a_typo_in_a_unit_is_caught() {
     let Some(analyze) = analyzer() else { return };
     let cases: [(&str, &str, &str); 5] = [
         // (file in the root, text to replace, replacement)
-        ("lib/systemd/system/vmpilot-drain.service", "RemainAfterExit=yes", "RemainAfterExit=yess"),
-        ("lib/systemd/system/vmpilot-drain.service", "TimeoutStopSec=3min", "TimeoutStopSec=3mn"),
-        ("lib/systemd/system/vmpilot-recover.service", "\nBefore=", "\nBefor="),
+        (
+            "lib/systemd/system/vmpilot-drain.service",
+            "RemainAfterExit=yes",
+            "RemainAfterExit=yess",
+        ),
+        (
+            "lib/systemd/system/vmpilot-drain.service",
+            "TimeoutStopSec=3min",
+            "TimeoutStopSec=3mn",
+        ),
+        (
+            "lib/systemd/system/vmpilot-recover.service",
+            "\nBefore=",
+            "\nBefor=",
+        ),
         (
             "etc/systemd/system/slurmd.service.d/vmpilot.conf",
             "Requires=vmpilot-recover.service",
@@ -261,7 +280,10 @@ fn a_typo_in_a_unit_is_caught() {
         let root = UnitRoot::new();
         let path = root.path().join(file);
         let text = std::fs::read_to_string(&path).expect("read");
-        assert!(text.contains(from), "{file} no longer contains {from:?}: update this test");
+        assert!(
+            text.contains(from),
+            "{file} no longer contains {from:?}: update this test"
+        );
         std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
         let problems = root.verify(&analyze);
         assert!(
@@ -272,7 +294,10 @@ fn a_typo_in_a_unit_is_caught() {
     // A missing program is caught too (systemd-analyze exits non-zero).
     let root = UnitRoot::new();
     std::fs::remove_file(root.path().join("usr/bin/vmpilot")).expect("rm");
-    assert!(!root.verify(&analyze).is_empty(), "missing /usr/bin/vmpilot went unnoticed");
+    assert!(
+        !root.verify(&analyze).is_empty(),
+        "missing /usr/bin/vmpilot went unnoticed"
+    );
 }
 
 /// The commands the units run are valid vmpilot command lines (checked with the real CLI
@@ -315,7 +340,10 @@ fn ordering_is_as_documented() {
     assert!(after.contains(&"libvirtd.service".into()), "{after:?}");
     let before = values(&recover, "Unit", "Before");
     for d in DAEMONS {
-        assert!(before.contains(&d.to_string()), "recover must be Before={d}: {before:?}");
+        assert!(
+            before.contains(&d.to_string()),
+            "recover must be Before={d}: {before:?}"
+        );
     }
     for key in ["Requires", "Wants", "BindsTo", "Requisite", "PartOf"] {
         let v = values(&recover, "Unit", key);
@@ -324,18 +352,28 @@ fn ordering_is_as_documented() {
             "recover must only order the batch daemons, not {key}= them"
         );
     }
-    assert_eq!(values(&recover, "Install", "WantedBy"), ["multi-user.target"]);
+    assert_eq!(
+        values(&recover, "Install", "WantedBy"),
+        ["multi-user.target"]
+    );
 
     let drain = settings(&repo().join("systemd/vmpilot-drain.service"));
     assert_eq!(one(&drain, "Service", "Type"), "oneshot");
     assert_eq!(one(&drain, "Service", "RemainAfterExit"), "yes");
     let after = values(&drain, "Unit", "After");
     // Started after them = stopped before them at shutdown.
-    for u in ["libvirtd.service", "libvirt-guests.service", "network.target"]
-        .into_iter()
-        .chain(DAEMONS)
+    for u in [
+        "libvirtd.service",
+        "libvirt-guests.service",
+        "network.target",
+    ]
+    .into_iter()
+    .chain(DAEMONS)
     {
-        assert!(after.contains(&u.to_string()), "drain must be After={u}: {after:?}");
+        assert!(
+            after.contains(&u.to_string()),
+            "drain must be After={u}: {after:?}"
+        );
     }
     let timeout = one(&drain, "Service", "TimeoutStopSec");
     let timeout: humantime::Duration = timeout.parse().expect("TimeoutStopSec parses");
@@ -346,8 +384,14 @@ fn ordering_is_as_documented() {
 
     for d in DAEMONS {
         let dropin = settings(&repo().join(format!("systemd/{d}.d/vmpilot.conf")));
-        assert_eq!(values(&dropin, "Unit", "Requires"), ["vmpilot-recover.service"]);
-        assert_eq!(values(&dropin, "Unit", "After"), ["vmpilot-recover.service"]);
+        assert_eq!(
+            values(&dropin, "Unit", "Requires"),
+            ["vmpilot-recover.service"]
+        );
+        assert_eq!(
+            values(&dropin, "Unit", "After"),
+            ["vmpilot-recover.service"]
+        );
     }
 }
 

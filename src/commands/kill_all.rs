@@ -12,6 +12,7 @@ use crate::config::Overrides;
 use crate::coordinator::outbox::Outbox;
 use crate::exit::{EnvironmentError, ExitStatus, UsageError};
 use crate::kill_request::{self, KillRequest};
+use crate::lease::LeaseState;
 use crate::lease::store::Store;
 use crate::lrm::LrmKind;
 use crate::lrm::cluster::Cluster;
@@ -38,7 +39,24 @@ pub async fn kill_all(globals: &Globals, args: KillAllArgs) -> anyhow::Result<Ex
         return kill_cluster(&config).await;
     }
     let level = args.effective_level();
+    // Nothing open (or no state at all): nothing to stop, and no reason to need the
+    // hypervisor — the shutdown drain runs this on every node, hosting or not.
+    if !config.state_dir.join("leases").is_dir() {
+        println!(
+            "nothing to stop: no lease records in {}",
+            config.state_dir.display()
+        );
+        return Ok(ExitStatus::Success);
+    }
     let store = Store::open(&config.state_dir)?;
+    let open = store.list()?.into_iter().any(|r| match r {
+        Ok(r) => r.state != LeaseState::Unreserved,
+        Err(_) => true,
+    });
+    if !open {
+        println!("nothing to stop: every lease on this node is finished");
+        return Ok(ExitStatus::Success);
+    }
     let outbox = Outbox::open(&config)?;
     let host = crate::host::open(&config)?;
     let request = KillRequest::new(level, &args.reason);

@@ -105,6 +105,14 @@ pub enum EventBody {
         /// `unreserved` or `failed`.
         outcome: LeaseState,
     },
+    /// While reserved, the lease's running guests use more memory or CPUs than it was
+    /// given (`[host] over_budget`); the lease goes on.
+    OverBudget {
+        /// What was found: the guests and their totals against the lease's.
+        detail: String,
+        /// What the pilot did: `reported`, or which guests it stopped (`stop-newest`).
+        action: String,
+    },
 }
 
 impl EventBody {
@@ -118,6 +126,7 @@ impl EventBody {
             EventBody::Failed { .. } => "failed",
             EventBody::Recovered { .. } => "recovered",
             EventBody::Killed { .. } => "killed",
+            EventBody::OverBudget { .. } => "over-budget",
         }
     }
 }

@@ -287,6 +287,7 @@ mod tests {
             running,
             memory_mib: mem,
             vcpus,
+            started_order: None,
         };
         let guests = [
             g("a", Some("l"), true, 512, 1),

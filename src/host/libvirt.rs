@@ -9,11 +9,13 @@
 //! Every call opens a fresh connection and closes it when done, so a libvirtd restarted
 //! during a lease is simply reached again by the next call: no connection state survives a
 //! call, and qemu guests keep running while libvirtd is away. Opening costs ~30 ms against a
-//! warm libvirtd, small next to what each call does.
+//! warm libvirtd, small next to what each call does. The one long-lived connection is the
+//! guest event watch ([`events`]), which reconnects by itself.
 //!
 //! Calls block (libvirt's API is synchronous); the pilot runs them off its runtime and
 //! bounds each one.
 
+pub mod events;
 pub mod hugepages;
 pub mod metadata;
 
@@ -27,7 +29,7 @@ use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
 use super::ledger::{Ledger, LedgerState, Share, budget_excess};
-use super::{Capacity, Guest, Host, HostError, LeaseShare, owned_by};
+use super::{Capacity, Guest, GuestWatch, Host, HostError, LeaseShare, owned_by};
 use crate::config::{Config, HostBackend};
 use crate::lease::record::LeaseId;
 use crate::units::MemSize;
@@ -178,6 +180,7 @@ impl LibvirtHost {
             // to it at any time, so that is what it can take from the lease.
             memory_mib: info.max_mem / 1024,
             vcpus: info.nr_virt_cpu,
+            started_order: started_order(dom),
         }))
     }
 
@@ -253,6 +256,12 @@ impl LibvirtHost {
             added,
         }))
     }
+}
+
+/// A running domain's id, which libvirt hands out in increasing order as domains start
+/// (and keeps across a libvirtd restart); inactive domains have none.
+fn started_order(dom: &Domain) -> Option<u64> {
+    dom.get_id().map(u64::from)
 }
 
 /// Running, paused or shutting down: anything but off or crashed still holds resources.
@@ -467,6 +476,13 @@ impl Host for LibvirtHost {
     fn over_budget(&self, share: &LeaseShare) -> Result<Option<String>, HostError> {
         Ok(budget_excess(&self.guests()?, share, self.exclusive))
     }
+
+    fn watch_guests(
+        &self,
+        notify: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Result<Option<GuestWatch>, HostError> {
+        events::watch(&self.uri, notify).map(Some)
+    }
 }
 
 #[cfg(test)]
@@ -484,6 +500,7 @@ mod tests {
             running,
             memory_mib: mib,
             vcpus: 1,
+            started_order: None,
         }
     }
 

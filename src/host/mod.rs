@@ -10,6 +10,7 @@
 //! stand-in that behaves like the real ones (ownership, unreserve policies, failures on
 //! demand); `libvirt` and `xen` are real hypervisors.
 
+pub mod budget;
 pub mod ledger;
 pub mod libvirt;
 pub mod simulated;
@@ -122,6 +123,40 @@ pub struct Guest {
     pub memory_mib: u64,
     /// Virtual CPUs.
     pub vcpus: u32,
+    /// When it was started relative to the host's other guests: larger is later (libvirt
+    /// and Xen: the domain id; simulated: the order guests were added). `None` when the
+    /// backend cannot tell, or the guest is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_order: Option<u64>,
+}
+
+/// A running watch on the host's guests (see [`Host::watch_guests`]); dropping it stops
+/// the watch, waiting a bounded time for its thread.
+pub struct GuestWatch {
+    stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl GuestWatch {
+    /// A watch that `stop` ends.
+    pub fn new(stop: impl FnOnce() + Send + 'static) -> Self {
+        GuestWatch {
+            stop: Some(Box::new(stop)),
+        }
+    }
+}
+
+impl Drop for GuestWatch {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestWatch")
+    }
 }
 
 /// The hypervisor operations a lease needs. Implementations are blocking; the pilot calls
@@ -156,6 +191,17 @@ pub trait Host: Send + Sync {
         let _ = share;
         Ok(None)
     }
+    /// Send `()` on `notify` whenever a guest may have started, stopped or changed (and
+    /// once after the watch had to reconnect), until the returned watch is dropped; the
+    /// pilot re-checks [`Host::over_budget`] on each. `None`: this backend has no events
+    /// (the default), and the budget is not watched.
+    fn watch_guests(
+        &self,
+        notify: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Result<Option<GuestWatch>, HostError> {
+        let _ = notify;
+        Ok(None)
+    }
 }
 
 /// Does `guest` belong to `lease`? With `exclusive`, every guest on the host does.
@@ -166,12 +212,15 @@ pub fn owned_by(guest: &Guest, lease: &LeaseId, exclusive: bool) -> bool {
 /// Open the configured backend.
 pub fn open(config: &Config) -> Result<Arc<dyn Host>, HostError> {
     match config.host.backend {
-        HostBackend::Simulated => Ok(Arc::new(simulated::SimulatedHost::open(
-            &config.state_dir,
-            config.host.simulated,
-            config.host.host_reserve,
-            config.host.guest_overhead,
-        )?)),
+        HostBackend::Simulated => Ok(Arc::new(
+            simulated::SimulatedHost::open(
+                &config.state_dir,
+                config.host.simulated,
+                config.host.host_reserve,
+                config.host.guest_overhead,
+            )?
+            .exclusive(config.host.exclusive),
+        )),
         HostBackend::Libvirt => Ok(Arc::new(libvirt::LibvirtHost::open(config)?)),
         HostBackend::Xen => Ok(Arc::new(xen::XenHost::open(config)?)),
     }

@@ -5,15 +5,24 @@
 //! real backends where it matters: admission with numbers, per-lease shares, guest
 //! ownership by metadata, ACPI shutdown that a guest may take its time over or ignore, and
 //! failures or hangs on demand (`faults`) so the safeguards can be tested quickly.
+//!
+//! Its guest watch ([`Host::watch_guests`]) is the one place it differs in kind: a real
+//! hypervisor pushes lifecycle events, while this one checks every 200 ms whether the state
+//! file was rewritten (every change, from any process, rewrites it) and says so. That is
+//! a stand-in for events so the pilot's budget watch can be tested quickly; the libvirt
+//! backend is event-driven.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Capacity, Guest, GuestOwner, Host, HostError, LeaseShare};
+use super::ledger::budget_excess;
+use super::{Capacity, Guest, GuestOwner, GuestWatch, Host, HostError, LeaseShare};
 use crate::config::{HostBackend, SimulatedConfig};
 use crate::fsutil;
 use crate::lease::record::LeaseId;
@@ -21,6 +30,9 @@ use crate::units::MemSize;
 
 /// The simulated host's file.
 pub const STATE_FILE: &str = "simulated-host.json";
+
+/// How often the guest watch looks at the state file.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A host operation that can be made to fail or hang.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -137,6 +149,8 @@ pub struct SimulatedHost {
     size: SimulatedConfig,
     host_reserve: MemSize,
     guest_overhead: MemSize,
+    /// `[host] exclusive`: every guest belongs to the lease.
+    exclusive: bool,
 }
 
 fn now_ms() -> u64 {
@@ -214,10 +228,17 @@ impl SimulatedHost {
             size,
             host_reserve,
             guest_overhead,
+            exclusive: false,
         };
         // Read once so an unreadable or corrupt file is reported at open, not mid-lease.
         host.with_node("open", |_| Ok(()))?;
         Ok(host)
+    }
+
+    /// Count every guest as the lease's (`[host] exclusive`), for the budget check.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
     }
 
     /// Run `f` on the node under the file lock, saving any change atomically.
@@ -392,12 +413,16 @@ impl Host for SimulatedHost {
         self.with_node("list guests", |n| {
             Ok(n.guests
                 .iter()
-                .map(|g| Guest {
+                .enumerate()
+                .map(|(i, g)| Guest {
                     name: g.name.clone(),
                     owner: g.owner.clone(),
                     running: g.state == SimState::Running,
                     memory_mib: g.memory_mib,
                     vcpus: g.vcpus,
+                    // Guests are kept in the order they were added (re-adding one moves it
+                    // last), which is the order they started.
+                    started_order: (g.state == SimState::Running).then_some(i as u64 + 1),
                 })
                 .collect())
         })
@@ -433,6 +458,46 @@ impl Host for SimulatedHost {
             Ok(saved_to)
         })
     }
+
+    fn over_budget(&self, share: &LeaseShare) -> Result<Option<String>, HostError> {
+        Ok(budget_excess(&self.guests()?, share, self.exclusive))
+    }
+
+    fn watch_guests(&self, notify: UnboundedSender<()>) -> Result<Option<GuestWatch>, HostError> {
+        let path = self.path.clone();
+        let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("vmpilot-sim-watch".into())
+            .spawn(move || {
+                let mut seen = fingerprint(&path);
+                // Any message, or the watch dropped: stop.
+                while let Err(std_mpsc::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(WATCH_INTERVAL)
+                {
+                    let now = fingerprint(&path);
+                    if now != seen {
+                        seen = now;
+                        if notify.send(()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| op_error("watch guests", format!("cannot start a thread: {e}")))?;
+        Ok(Some(GuestWatch::new(move || {
+            drop(stop_tx);
+            // Bounded: the thread wakes at least every WATCH_INTERVAL.
+            let _ = thread.join();
+        })))
+    }
+}
+
+/// What tells a rewrite of the state file: it is replaced atomically (new inode), and its
+/// modification time and size change.
+fn fingerprint(path: &Path) -> Option<(u64, SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.modified().ok()?, m.len()))
 }
 
 #[cfg(test)]
@@ -547,5 +612,54 @@ mod tests {
             h.destroy_guest("nope"),
             Err(HostError::NoSuchGuest(_))
         ));
+    }
+    #[test]
+    fn the_watch_says_when_guests_change_and_the_budget_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let watch = h.watch_guests(tx).unwrap().unwrap();
+        let lease = share("a", 1000, 4);
+        assert_eq!(h.over_budget(&lease).unwrap(), None);
+        for name in ["first", "second"] {
+            h.with_node("add", |n| {
+                n.guests.push(SimGuest {
+                    name: name.into(),
+                    owner: Some(GuestOwner {
+                        lease_id: "a".parse().unwrap(),
+                        epoch: 1,
+                    }),
+                    memory_mib: 600,
+                    vcpus: 1,
+                    state: SimState::Running,
+                    shutdown_delay_ms: Some(0),
+                    shutdown_requested_ms: None,
+                });
+                Ok(())
+            })
+            .unwrap();
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while rx.try_recv().is_err() {
+            assert!(std::time::Instant::now() < until, "no notification");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let over = h.over_budget(&lease).unwrap().unwrap();
+        assert!(over.contains("1200 MiB"), "{over}");
+        let orders: Vec<_> = h
+            .guests()
+            .unwrap()
+            .iter()
+            .map(|g| g.started_order)
+            .collect();
+        assert_eq!(orders, [Some(1), Some(2)], "the order guests were added");
+        let started = std::time::Instant::now();
+        drop(watch);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "stopping is bounded"
+        );
+        // The thread is gone with its sender: the channel ends.
+        while rx.blocking_recv().is_some() {}
     }
 }

@@ -377,6 +377,8 @@ impl Host for XenHost {
                 running: xl_running(&d.state),
                 memory_mib: d.mem_mib,
                 vcpus: d.vcpus,
+                // Xen numbers domains in the order they were created.
+                started_order: xl_running(&d.state).then_some(u64::from(d.id)),
                 name: d.name,
             })
             .collect())

@@ -196,6 +196,14 @@ fn apply_body(row: &mut LeaseRow, event: &IncomingEvent, newer: bool, received: 
             fill(&mut row.note, Some("finished by `vmpilot recover`".into()));
             outcome.clone()
         }
+        IncomingBody::OverBudget { detail, action } => {
+            // A warning while the lease goes on: recorded, the state stays as it was.
+            fill(
+                &mut row.error,
+                Some(format!("over budget: {detail} ({action})")),
+            );
+            row.state.clone()
+        }
         IncomingBody::Killed { by, why, outcome } => {
             fill(&mut row.reason, Some("admin".into()));
             fill(&mut row.note, Some(format!("kill-all by {by}: {why}")));

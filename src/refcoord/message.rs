@@ -117,6 +117,13 @@ pub enum IncomingBody {
         #[serde(default)]
         guests: Vec<GuestFate>,
     },
+    /// While reserved, the lease's guests used more than its budget.
+    OverBudget {
+        /// What was over, with numbers.
+        detail: String,
+        /// What the pilot did about it (`reported`, `destroyed NAME`...).
+        action: String,
+    },
     /// An admin's `kill-all` ended the lease.
     Killed {
         /// Who.
@@ -139,6 +146,7 @@ impl IncomingBody {
             IncomingBody::Failed { .. } => "failed",
             IncomingBody::Recovered { .. } => "recovered",
             IncomingBody::Killed { .. } => "killed",
+            IncomingBody::OverBudget { .. } => "over-budget",
         }
     }
 
@@ -146,7 +154,9 @@ impl IncomingBody {
     pub fn ends_lease(&self) -> bool {
         !matches!(
             self,
-            IncomingBody::Reserved { .. } | IncomingBody::Heartbeat { .. }
+            IncomingBody::Reserved { .. }
+                | IncomingBody::Heartbeat { .. }
+                | IncomingBody::OverBudget { .. }
         )
     }
 }

@@ -277,6 +277,11 @@ fn event_summary(e: &EventView) -> String {
             .and_then(|t| t.as_str())
             .unwrap_or("")
             .to_string(),
+        "over-budget" => format!(
+            "{} ({})",
+            field("detail").unwrap_or_default(),
+            field("action").unwrap_or_default()
+        ),
         "killed" => format!(
             "by {}: {}",
             field("by").unwrap_or_default(),
