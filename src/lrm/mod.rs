@@ -166,15 +166,24 @@ pub fn parse_clock(text: &str) -> Option<Duration> {
         .split(':')
         .map(|p| p.parse::<u64>().ok())
         .collect::<Option<_>>()?;
+    // Checked arithmetic: a batch system printing garbage must give "not a duration", never
+    // a wrapped (wrong) lease length. Found by the `clock` fuzz target.
+    let hms = |h: u64, m: u64, s: u64| {
+        h.checked_mul(3600)?
+            .checked_add(m.checked_mul(60)?)?
+            .checked_add(s)
+    };
     let secs = match (parts.as_slice(), text.contains('-')) {
-        ([h], true) => h * 3600,
-        ([h, m], true) => h * 3600 + m * 60,
-        ([m, s], false) => m * 60 + s,
-        ([h, m, s], _) => h * 3600 + m * 60 + s,
+        ([h], true) => hms(*h, 0, 0)?,
+        ([h, m], true) => hms(*h, *m, 0)?,
+        ([m, s], false) => hms(0, *m, *s)?,
+        ([h, m, s], _) => hms(*h, *m, *s)?,
         ([s], false) => *s,
         _ => return None,
     };
-    Some(Duration::from_secs(days * 86400 + secs))
+    Some(Duration::from_secs(
+        days.checked_mul(86400)?.checked_add(secs)?,
+    ))
 }
 
 #[cfg(test)]
@@ -198,7 +207,18 @@ mod tests {
         );
         assert_eq!(parse_clock("1-00"), Some(Duration::from_secs(86400)));
         assert_eq!(parse_clock("45"), Some(Duration::from_secs(45)));
-        for bad in ["", "UNLIMITED", "1:2:3:4", "a:b", "-1", "NOT_SET"] {
+        // The last three overflowed before (fuzz/crashes/): now plain "not a duration".
+        for bad in [
+            "",
+            "UNLIMITED",
+            "1:2:3:4",
+            "a:b",
+            "-1",
+            "NOT_SET",
+            "11111111110111110-0",
+            "0222222222222222-0",
+            "9999999999999999999:00:00",
+        ] {
             assert_eq!(parse_clock(bad), None, "{bad}");
         }
     }
