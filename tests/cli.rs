@@ -76,6 +76,10 @@ fn bad_arguments_exit_2_with_a_clear_message() {
         (vec!["run", "--memory", "1G"], "no --walltime"),
         (vec!["run", "--walltime", "1m"], "--memory is required"),
         (
+            vec!["run", "--memory", "1G", "--walltime", "10000years"],
+            "year 9999",
+        ),
+        (
             vec![
                 "run",
                 "--memory",

@@ -40,6 +40,20 @@ pub async fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitStatus>
         config.lrm.safety_margin.get(),
         args.walltime.map(|w| w.get()).filter(|w| !w.is_zero()),
     )?;
+    let too_long = time::Duration::try_from(lifetime)
+        .ok()
+        .and_then(|d| time::OffsetDateTime::now_utc().checked_add(d))
+        .is_none_or(|end| end.year() > 9999);
+    if too_long {
+        return Err(UsageError {
+            problem: format!(
+                "a lease of {} ends after the year 9999",
+                humantime::format_duration(lifetime)
+            ),
+            hint: "give a realistic --walltime, e.g. 2h".into(),
+        }
+        .into());
+    }
     let grace = config.lease.grace.get();
     if grace >= lifetime {
         return Err(UsageError {

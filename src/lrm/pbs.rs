@@ -107,13 +107,13 @@ pub fn parse_pbs_mem(text: &str) -> Option<u64> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num.parse().ok()?;
+    // Checked: an absurd size from qstat is "unknown", not a wrapped number (found by fuzzing).
     let kib = match unit {
         "b" | "" => n / 1024,
         "kb" | "k" => n,
-        "mb" | "m" => n * 1024,
-        "gb" | "g" => n * 1024 * 1024,
-        "tb" | "t" => n * 1024 * 1024 * 1024,
-        "w" | "kw" | "mw" | "gw" => return None,
+        "mb" | "m" => n.checked_mul(1024)?,
+        "gb" | "g" => n.checked_mul(1024 * 1024)?,
+        "tb" | "t" => n.checked_mul(1024 * 1024 * 1024)?,
         _ => return None,
     };
     Some(kib / 1024)
@@ -247,5 +247,10 @@ mod tests {
         assert_eq!(parse_pbs_mem("4096MB"), Some(4096));
         assert_eq!(parse_pbs_mem("1048576kb"), Some(1024));
         assert_eq!(parse_pbs_mem("lots"), None);
+        assert_eq!(
+            parse_pbs_mem("77777777777778g"),
+            None,
+            "overflow is unknown, not wrapped"
+        );
     }
 }
