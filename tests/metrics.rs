@@ -20,7 +20,20 @@ fn the_textfile_follows_the_lease_and_counts_failures() {
 
     let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "m1"]);
     node.wait_state("m1", "reserved");
-    let during = std::fs::read_to_string(&prom).unwrap();
+    // The file is rewritten just after the record is saved: wait for it to catch up.
+    let reserved = |t: &str| {
+        t.lines().any(|l| {
+            l.starts_with("vmpilot_lease_state{")
+                && l.contains("state=\"reserved\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut during = std::fs::read_to_string(&prom).unwrap_or_default();
+    while !reserved(&during) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        during = std::fs::read_to_string(&prom).unwrap_or_default();
+    }
     assert!(
         during.contains("vmpilot_node_hosting{node=\"testnode\"} 1"),
         "{during}"

@@ -148,19 +148,19 @@ mod tests {
             HostBackend::Simulated
         }
         fn capacity(&self) -> Result<Capacity, HostError> {
-            unimplemented!()
+            panic!("budget enforcement must not call Host::capacity")
         }
         fn reserve(&self, _: &LeaseShare) -> Result<serde_json::Value, HostError> {
-            unimplemented!()
+            panic!("budget enforcement must not call Host::reserve")
         }
         fn release(&self, _: &LeaseId, _: Option<&serde_json::Value>) -> Result<(), HostError> {
-            unimplemented!()
+            panic!("budget enforcement must not call Host::release")
         }
         fn guests(&self) -> Result<Vec<Guest>, HostError> {
             Ok(self.guests.lock().unwrap().clone())
         }
         fn shutdown_guest(&self, _: &str) -> Result<(), HostError> {
-            unimplemented!()
+            panic!("budget enforcement must not call Host::shutdown_guest")
         }
         fn destroy_guest(&self, name: &str) -> Result<(), HostError> {
             if self.stuck.contains(&name) {
@@ -177,7 +177,7 @@ mod tests {
             Ok(())
         }
         fn suspend_guest(&self, _: &str) -> Result<String, HostError> {
-            unimplemented!()
+            panic!("budget enforcement must not call Host::suspend_guest")
         }
         fn over_budget(&self, share: &LeaseShare) -> Result<Option<String>, HostError> {
             Ok(crate::host::ledger::budget_excess(
