@@ -10,18 +10,7 @@ use nix::sys::signal::Signal;
 const SECRET: &str = "test-secret-0123456789abcdef";
 
 fn node_with_coordinator(url: &str) -> Node {
-    let node = Node::new("");
-    let secret = node.secret_file(SECRET);
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        format!(
-            "{text}\n[coordinator]\nurl = \"{url}\"\nsecret_file = \"{}\"\ntimeout = \"1s\"\n",
-            secret.display()
-        ),
-    )
-    .unwrap();
-    node
+    Node::with_coordinator(url, SECRET, "timeout = \"1s\"\n")
 }
 
 #[test]

@@ -9,18 +9,7 @@ use std::process::Command;
 const SECRET: &str = "kill-all-secret-0123456789";
 
 fn node_with_coordinator(url: &str) -> Node {
-    let node = Node::new("");
-    let secret = node.secret_file(SECRET);
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        format!(
-            "{text}\n[coordinator]\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
-            secret.display()
-        ),
-    )
-    .unwrap();
-    node
+    Node::with_coordinator(url, SECRET, "")
 }
 
 #[test]

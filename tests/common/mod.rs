@@ -40,6 +40,23 @@ impl Node {
         Node { dir, config }
     }
 
+    /// A node whose pilots report to the coordinator at `url`, signing with `secret`;
+    /// `extra` is appended to the `[coordinator]` section (e.g. `timeout = "1s"`).
+    pub fn with_coordinator(url: &str, secret: &str, extra: &str) -> Node {
+        let node = Node::new("");
+        let secret_file = node.secret_file(secret);
+        let text = std::fs::read_to_string(&node.config).unwrap();
+        std::fs::write(
+            &node.config,
+            format!(
+                "{text}\n[coordinator]\nurl = \"{url}\"\nsecret_file = \"{}\"\n{extra}",
+                secret_file.display()
+            ),
+        )
+        .unwrap();
+        node
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
