@@ -21,10 +21,30 @@ pub fn enabled(what: &str) -> bool {
     on
 }
 
+/// Held while a test uses the shared Slurm: the in-process mutex and a file lock, so tests
+/// in other test binaries or checkouts running at the same time wait too.
+pub struct Serial {
+    _file: std::fs::File,
+    _guard: MutexGuard<'static, ()>,
+}
+
 /// The Slurm tests share one node (and preempt, cancel and fill it): one at a time.
-pub fn serial() -> MutexGuard<'static, ()> {
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let path = std::env::temp_dir().join("vmpilot-slurm-tests.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+    Serial {
+        _file: file,
+        _guard: guard,
+    }
 }
 
 /// The repository root (for the job scripts).
