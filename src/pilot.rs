@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::coordinator::directive::{self, Directive};
-use crate::coordinator::event::{EventBody, EventEnvelope};
+use crate::coordinator::event::{EventBody, EventEnvelope, Hypervisor};
 use crate::coordinator::outbox::Outbox;
 use crate::crashpoint::{self, Point};
 use crate::deadline;
@@ -230,6 +230,7 @@ impl Pilot {
             cpus: self.record.cpus,
             deadline: self.record.deadline,
             grace_secs: self.record.grace_secs,
+            hypervisor: Some(Hypervisor::from_config(&self.releaser.config)),
         })?;
         crashpoint::hit(Point::ReservedSpooled);
         let event = self.hold().await;

@@ -91,6 +91,7 @@ pub fn run(config: &Path, lease: &str, url: &str) -> anyhow::Result<()> {
             cpus: 1,
             deadline,
             grace_secs: 5,
+            hypervisor: None,
         };
         post(
             &http,

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::config::{Config, HostBackend};
 use crate::lease::record::{GuestFate, LeaseId, LeaseRecord};
 use crate::lease::{EndReason, LeaseState};
 
@@ -38,6 +39,28 @@ pub struct EventEnvelope {
     pub body: EventBody,
 }
 
+/// The node's hypervisor as a coordinator needs it to start guests for a lease.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Hypervisor {
+    /// The pilot's host backend.
+    pub backend: HostBackend,
+    /// The libvirt connection URI the pilot uses (`libvirt` only). It is local to the node
+    /// (e.g. `qemu:///system`); a remote coordinator maps it to a remote URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+impl Hypervisor {
+    /// What a config's `[host]` section says.
+    pub fn from_config(config: &Config) -> Self {
+        Hypervisor {
+            backend: config.host.backend,
+            uri: (config.host.backend == HostBackend::Libvirt)
+                .then(|| config.host.libvirt.uri.clone()),
+        }
+    }
+}
+
 /// The event-specific part.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -53,6 +76,10 @@ pub enum EventBody {
         deadline: OffsetDateTime,
         /// Seconds before the deadline at which unreserving starts.
         grace_secs: u64,
+        /// Where the lease's guests are to be defined (absent from pilots before it was
+        /// added; a coordinator then has to know the node's hypervisor itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hypervisor: Option<Hypervisor>,
     },
     /// The lease is alive and holds the node (sent while reserved, not spooled: a late
     /// heartbeat is worthless). Its `seq` is that of the last durable event.
