@@ -6,201 +6,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::refcoord::{Coord, Http, OLD_SECRET, SECRET, TOKEN, now, write_private};
 use serde_json::{Value, json};
 use vmpilot::coordinator::signature::{SIGNATURE_HEADER, Secret, sign};
-
-const SECRET: &str = "refcoord-secret-0123456789abcdef";
-const OLD_SECRET: &str = "refcoord-old-secret-0123456789ab";
-const TOKEN: &str = "admin-token-0123456789abcdef";
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("{text}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// A coordinator process with its own directory (config, secrets, database, log).
-struct Coord {
-    dir: PathBuf,
-    child: Option<Child>,
-    url: String,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-impl Coord {
-    /// A fresh coordinator; `extra` is appended to its config.
-    fn start(extra: &str) -> Coord {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        write_private(&dir.join("secret"), SECRET);
-        write_private(&dir.join("old-secret"), OLD_SECRET);
-        write_private(&dir.join("admin-token"), TOKEN);
-        std::fs::write(
-            dir.join("coordinator.toml"),
-            format!(
-                "listen = \"127.0.0.1:0\"\ndatabase = \"coord.db\"\nsecret_files = [\"secret\", \"old-secret\"]\nadmin_token_file = \"admin-token\"\n{extra}"
-            ),
-        )
-        .unwrap();
-        let mut c = Coord::spawn(&dir);
-        c._tmp = Some(tmp);
-        c
-    }
-
-    /// Start (again) on an existing directory.
-    fn spawn(dir: &Path) -> Coord {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("coordinator.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-            .arg("--config")
-            .arg(dir.join("coordinator.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "coordinator did not start: {line:?}\n{}",
-                    std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Coord {
-            dir: dir.to_path_buf(),
-            child: Some(child),
-            url,
-            _tmp: None,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
-    }
-
-    /// SIGTERM and wait; returns the exit code.
-    fn stop(&mut self) -> i32 {
-        let mut child = self.child.take().unwrap();
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-        let until = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < until, "coordinator ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL and reap.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-        child.wait().unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Coord {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A blocking HTTP client (reqwest on a private runtime).
-struct Http {
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
-}
-
-impl Http {
-    fn new() -> Http {
-        Http {
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
-        self.rt.block_on(async {
-            let r = req.send().await.map_err(|e| e.to_string())?;
-            let status = r.status().as_u16();
-            let text = r.text().await.map_err(|e| e.to_string())?;
-            Ok((
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            ))
-        })
-    }
-
-    /// POST raw bytes to /v1/events with this signature header (None: no header).
-    fn post_raw(&self, url: &str, body: &[u8], signature: Option<String>) -> (u16, Value) {
-        let mut req = self
-            .client
-            .post(format!("{url}/v1/events"))
-            .header("content-type", "application/json")
-            .body(body.to_vec());
-        if let Some(s) = signature {
-            req = req.header(SIGNATURE_HEADER, s);
-        }
-        self.send(req).unwrap()
-    }
-
-    /// POST an event signed now with `SECRET`.
-    fn post_event(&self, url: &str, event: &Value) -> (u16, Value) {
-        let body = serde_json::to_vec(event).unwrap();
-        self.post_raw(url, &body, Some(sign(&Secret::new(SECRET), now(), &body)))
-    }
-
-    fn get(&self, url: &str) -> (u16, Value) {
-        self.send(self.client.get(url)).unwrap()
-    }
-
-    fn operator(&self, url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut req = self.client.post(url).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        self.send(req).unwrap()
-    }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn rfc3339_in(secs: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
@@ -281,6 +94,17 @@ fn every_pilot_message_validates_against_its_schema() {
             cpus: 2,
             deadline,
             grace_secs: 60,
+            hypervisor: Some(vmpilot::coordinator::event::Hypervisor {
+                backend: vmpilot::config::HostBackend::Libvirt,
+                uri: Some("qemu:///system".into()),
+            }),
+        },
+        EventBody::Reserved {
+            memory_mib: 4096,
+            cpus: 2,
+            deadline,
+            grace_secs: 60,
+            hypervisor: None,
         },
         EventBody::Heartbeat {
             deadline,
@@ -844,6 +668,91 @@ fn sigkill_mid_stream_loses_nothing_acknowledged() {
     eprintln!(
         "acknowledged {} events before SIGKILL; all present after restart",
         acked.len()
+    );
+}
+
+/// A self-signed certificate for 127.0.0.1 (rcgen), its PEM written beside the key.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert_pem = certified.cert.pem();
+    let cert = dir.join("coordinator.crt");
+    let key = dir.join("coordinator.key");
+    std::fs::write(&cert, &cert_pem).unwrap();
+    write_private(&key, &certified.signing_key.serialize_pem());
+    (cert, key, cert_pem)
+}
+
+#[test]
+fn with_tls_configured_the_api_is_https_only_and_the_key_must_be_private() {
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key, pem) = self_signed(keys.path());
+    let tls = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut coord = Coord::start(&tls);
+    assert!(coord.url.starts_with("https://127.0.0.1:"), "{}", coord.url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let get = |client: &reqwest::Client, url: String| {
+        rt.block_on(async { client.get(url).send().await?.text().await })
+    };
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    assert_eq!(
+        get(&trusting, format!("{}/healthz", coord.url)).unwrap(),
+        "ok\n"
+    );
+    // A signed event over HTTPS is taken like over HTTP.
+    let body = serde_json::to_vec(&event("heartbeat", "tls-1", 1, 0, json!({}))).unwrap();
+    let status = rt.block_on(async {
+        trusting
+            .post(format!("{}/v1/events", coord.url))
+            .header("content-type", "application/json")
+            .header(SIGNATURE_HEADER, sign(&Secret::new(SECRET), now(), &body))
+            .body(body.clone())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(status.unwrap(), 200);
+    // A client that does not trust the certificate is refused in the handshake ...
+    let untrusting = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let e = get(&untrusting, format!("{}/healthz", coord.url)).unwrap_err();
+    assert!(e.is_connect() || e.is_request(), "{e:?}");
+    // ... and plain HTTP on the same port gets no API answer.
+    let plain = coord.url.replace("https://", "http://");
+    let answer = get(&untrusting, format!("{plain}/healthz"));
+    assert!(
+        !matches!(answer.as_deref(), Ok("ok\n")),
+        "plain HTTP was answered: {answer:?}"
+    );
+    assert_eq!(coord.stop(), 0, "{}", coord.log());
+
+    // A key readable by every user is refused before anything listens, naming the key.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        .arg("--config")
+        .arg(coord.dir.join("coordinator.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.key_file") && err.contains("chmod 600"),
+        "{err}"
     );
 }
 

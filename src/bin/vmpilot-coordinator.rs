@@ -44,9 +44,14 @@ fn main() -> ExitCode {
     };
     if args.check_config {
         println!(
-            "config {} is valid: listen {}, database {}, {} secret(s), operator endpoints {}, pool {}",
+            "config {} is valid: listen {} ({}), database {}, {} secret(s), operator endpoints {}, pool {}, {} guest template(s)",
             config.source.display(),
             config.listen,
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "plain http"
+            },
             config.database.display(),
             config.secrets.len(),
             if config.admin_token.is_some() {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             } else {
                 "not configured"
             },
+            config.guests.as_ref().map_or(0, |g| g.templates.len()),
         );
         return ExitCode::SUCCESS;
     }
@@ -74,9 +80,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let result = runtime.block_on(vmpilot::refcoord::run(config, |addr| {
         // One machine-readable line on stdout, so scripts can find a port chosen with :0.
-        println!("listening on http://{addr}");
+        println!("listening on {scheme}://{addr}");
         let _ = std::io::stdout().flush();
     }));
     match result {

@@ -22,8 +22,9 @@ use time::OffsetDateTime;
 
 use super::AppState;
 use super::db::DbError;
+use super::guests;
 use super::ingest::{DirectiveRefusal, DirectiveRequest};
-use super::message::{MessageError, SUPPORTED_PROTOCOLS, parse_event};
+use super::message::{IngestStatus, MessageError, SUPPORTED_PROTOCOLS, parse_event};
 use super::pool::SubmitRequest;
 use super::query;
 use super::web;
@@ -152,7 +153,10 @@ async fn post_event(
     })?;
     // parse_event accepted it as JSON, so it is UTF-8.
     let text = String::from_utf8_lossy(&body).into_owned();
-    let reply = state.db.ingest(event, text).await?;
+    let reply = state.db.ingest(event.clone(), text).await?;
+    if reply.status == IngestStatus::Applied {
+        guests::after_event(&state, &event);
+    }
     Ok(Json(reply).into_response())
 }
 

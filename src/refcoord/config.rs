@@ -15,6 +15,14 @@
 //! batch_system = "slurm"
 //! submit_script = "/usr/share/vmpilot/slurm-scripts/vmpilot-submit"
 //! target = 0
+//!
+//! [guests]                  # started on every reserved libvirt lease
+//! templates = ["/etc/vmpilot/guests/small.xml"]
+//! uri = "qemu+ssh://root@{node}/system"   # default: the URI the pilot reports
+//!
+//! [tls]                     # serve HTTPS (rustls) instead of plain HTTP
+//! cert_file = "/etc/vmpilot/coordinator.crt"
+//! key_file = "/etc/vmpilot/coordinator.key"
 //! ```
 
 use std::net::SocketAddr;
@@ -23,6 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::guests::{GuestsConfig, Template, render};
 use crate::coordinator::signature::{Secret, SecretError};
 use crate::units;
 
@@ -98,6 +107,33 @@ pub struct RawConfig {
     max_body_bytes: Option<usize>,
     lost_after: Option<units::Duration>,
     pool: Option<RawPool>,
+    guests: Option<RawGuests>,
+    tls: Option<RawTls>,
+}
+
+/// `[guests]` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawGuests {
+    templates: Vec<PathBuf>,
+    uri: Option<String>,
+}
+
+/// `[tls]` as written.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// `[tls]`, validated: both files exist; the key is not readable by every user.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
 }
 
 /// `[pool]` as written.
@@ -118,6 +154,7 @@ struct RawPool {
     grace: Option<String>,
     node_config: Option<String>,
     coordinator_url: Option<String>,
+    output: Option<String>,
     preemptible: bool,
 }
 
@@ -152,6 +189,10 @@ pub struct Config {
     pub lost_after: Duration,
     /// Pilot submission, when configured.
     pub pool: Option<PoolConfig>,
+    /// Guest templates started on reserved leases, when configured.
+    pub guests: Option<GuestsConfig>,
+    /// HTTPS, when configured.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[pool]`, validated.
@@ -192,6 +233,8 @@ pub struct SubmitDefaults {
     pub node_config: Option<String>,
     /// `--coordinator` (how pilots reach this coordinator).
     pub coordinator_url: Option<String>,
+    /// `--output` (the job log path on the node; `%j` is the job id).
+    pub output: Option<String>,
     /// `--preemptible` (Slurm only).
     pub preemptible: bool,
 }
@@ -285,6 +328,14 @@ impl RawConfig {
             Some(p) => Some(resolve_pool(p, path)?),
             None => None,
         };
+        let guests = match self.guests {
+            Some(g) => Some(resolve_guests(g, path)?),
+            None => None,
+        };
+        let tls = match self.tls {
+            Some(t) => Some(resolve_tls(t, path)?),
+            None => None,
+        };
         Ok(Config {
             source: path.to_path_buf(),
             listen,
@@ -298,6 +349,8 @@ impl RawConfig {
             max_body_bytes,
             lost_after,
             pool,
+            guests,
+            tls,
         })
     }
 }
@@ -355,6 +408,129 @@ fn read_admin_token(config: &Path, file: &Path) -> Result<Secret, ConfigError> {
     Ok(Secret::new(token))
 }
 
+fn resolve_guests(raw: RawGuests, path: &Path) -> Result<GuestsConfig, ConfigError> {
+    let invalid = |key, problem: String, hint| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        problem,
+        hint,
+    };
+    if raw.templates.is_empty() {
+        return Err(invalid(
+            "guests.templates",
+            "is empty".into(),
+            "list libvirt domain XML files, or remove [guests]",
+        ));
+    }
+    let probe = crate::host::GuestOwner {
+        lease_id: "config-check".parse().expect("a valid lease id"),
+        epoch: 0,
+    };
+    let mut templates: Vec<Template> = Vec::new();
+    for file in &raw.templates {
+        let file = resolve_path(path, file);
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| {
+                !s.is_empty()
+                    && s.len() <= 32
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            })
+            .ok_or_else(|| {
+                invalid(
+                    "guests.templates",
+                    format!("{}: the file name must be 1-32 letters, digits, `_`, `-` or `.` before .xml", file.display()),
+                    "the file's stem starts every domain name made from it; rename the file",
+                )
+            })?
+            .to_string();
+        if templates.iter().any(|t| t.name == name) {
+            return Err(invalid(
+                "guests.templates",
+                format!("two templates are named `{name}`"),
+                "give each template file a different name",
+            ));
+        }
+        let xml = std::fs::read_to_string(&file).map_err(|e| {
+            invalid(
+                "guests.templates",
+                format!("{}: {e}", file.display()),
+                "check the path and that the coordinator's user may read it",
+            )
+        })?;
+        if let Err(e) = render(&xml, &name, &probe) {
+            return Err(invalid(
+                "guests.templates",
+                format!("{}: {e}", file.display()),
+                "give a libvirt domain XML (`virsh dumpxml` of a working guest is a good start)",
+            ));
+        }
+        templates.push(Template {
+            name,
+            path: file,
+            xml,
+        });
+    }
+    if let Some(uri) = &raw.uri
+        && (uri.trim().is_empty() || !uri.contains(':'))
+    {
+        return Err(invalid(
+            "guests.uri",
+            format!("`{uri}` is not a libvirt URI"),
+            "write e.g. \"qemu+ssh://root@{node}/system\"; {node} is replaced by the node name",
+        ));
+    }
+    Ok(GuestsConfig {
+        templates,
+        uri: raw.uri,
+    })
+}
+
+fn resolve_tls(raw: RawTls, path: &Path) -> Result<TlsConfig, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let invalid = |key, problem: String, hint| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        problem,
+        hint,
+    };
+    let (Some(cert), Some(key)) = (raw.cert_file, raw.key_file) else {
+        return Err(invalid(
+            "tls",
+            "needs both `cert_file` and `key_file`".into(),
+            "give the PEM certificate chain and its private key, or remove [tls]",
+        ));
+    };
+    let cert_file = resolve_path(path, &cert);
+    let key_file = resolve_path(path, &key);
+    std::fs::metadata(&cert_file).map_err(|e| {
+        invalid(
+            "tls.cert_file",
+            format!("{}: {e}", cert_file.display()),
+            "point it at the PEM certificate chain",
+        )
+    })?;
+    let meta = std::fs::metadata(&key_file).map_err(|e| {
+        invalid(
+            "tls.key_file",
+            format!("{}: {e}", key_file.display()),
+            "point it at the PEM private key",
+        )
+    })?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(invalid(
+            "tls.key_file",
+            format!("{} is readable by every user", key_file.display()),
+            "chmod 600 the key file",
+        ));
+    }
+    Ok(TlsConfig {
+        cert_file,
+        key_file,
+    })
+}
+
 fn resolve_pool(raw: RawPool, path: &Path) -> Result<PoolConfig, ConfigError> {
     let invalid = |key, problem: String, hint| ConfigError::Invalid {
         path: path.to_path_buf(),
@@ -385,6 +561,15 @@ fn resolve_pool(raw: RawPool, path: &Path) -> Result<PoolConfig, ConfigError> {
             "pool.preemptible",
             "is only supported with Slurm".into(),
             "remove it, or use batch_system = \"slurm\"",
+        ));
+    }
+    if let Some(out) = &raw.output
+        && (!out.starts_with('/') || out.contains(char::is_whitespace))
+    {
+        return Err(invalid(
+            "pool.output",
+            format!("`{out}` is not an absolute path without spaces"),
+            "write e.g. \"/var/log/vmpilot/pilot-%j.log\" (%j is the job id)",
         ));
     }
     let count_command = raw.count_command.unwrap_or_else(|| {
@@ -419,6 +604,7 @@ fn resolve_pool(raw: RawPool, path: &Path) -> Result<PoolConfig, ConfigError> {
             grace: raw.grace,
             node_config: raw.node_config,
             coordinator_url: raw.coordinator_url,
+            output: raw.output,
             preemptible: raw.preemptible,
         },
     })
@@ -498,6 +684,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn guest_templates_and_tls_are_checked_when_loading() {
+        let (dir, _) = dir_with_secret();
+        let d = dir.path();
+        std::fs::write(d.join("small.xml"), "<domain><name>s</name></domain>").unwrap();
+        std::fs::write(d.join("net.xml"), "<network><name>n</name></network>").unwrap();
+        let c = resolve(
+            d,
+            "secret_files = [\"secret\"]\n[guests]\ntemplates = [\"small.xml\"]\n",
+        )
+        .unwrap();
+        let g = c.guests.unwrap();
+        assert_eq!(g.templates[0].name, "small");
+        assert_eq!(g.templates[0].path, d.join("small.xml"));
+        let cases = [
+            ("templates = []", "is empty"),
+            ("templates = [\"net.xml\"]", "not <domain>"),
+            ("templates = [\"missing.xml\"]", "missing.xml"),
+            (
+                "templates = [\"small.xml\", \"small.xml\"]",
+                "two templates",
+            ),
+            (
+                "templates = [\"small.xml\"]\nuri = \"nowhere\"",
+                "guests.uri",
+            ),
+        ];
+        for (guests, want) in cases {
+            let e = resolve(
+                d,
+                &format!("secret_files = [\"secret\"]\n[guests]\n{guests}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want) && e.contains("hint:"), "{guests}: {e}");
+        }
+        let e = resolve(
+            d,
+            "secret_files = [\"secret\"]\n[tls]\ncert_file = \"secret\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key_file"), "{e}");
+        let e = resolve(
+            d,
+            "secret_files = [\"secret\"]\n[pool]\nbatch_system = \"slurm\"\nsubmit_script = \"/x\"\noutput = \"rel/%j.log\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pool.output"), "{e}");
     }
 
     #[test]

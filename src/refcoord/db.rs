@@ -84,6 +84,15 @@ CREATE TABLE IF NOT EXISTS directives (
     done_at    TEXT
 );
 CREATE INDEX IF NOT EXISTS directives_pending ON directives (lease_id, epoch, status);
+CREATE TABLE IF NOT EXISTS guest_launches (
+    lease_id   TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    node       TEXT NOT NULL,
+    uri        TEXT NOT NULL,
+    launched   TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (lease_id, epoch)
+);
 CREATE TABLE IF NOT EXISTS pilots (
     job_id       TEXT PRIMARY KEY,
     batch_system TEXT NOT NULL,

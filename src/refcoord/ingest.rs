@@ -15,6 +15,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::db::{DbError, rfc3339};
+use super::guests::Launch;
 use super::message::{Directive, EventReply, GuestFate, IncomingBody, IncomingEvent, IngestStatus};
 
 /// A lease row while it is being updated.
@@ -146,6 +147,7 @@ fn apply_body(row: &mut LeaseRow, event: &IncomingEvent, newer: bool, received: 
             cpus,
             deadline,
             grace_secs,
+            ..
         } => {
             row.memory_mib = Some(*memory_mib as i64);
             row.cpus = Some(i64::from(*cpus));
@@ -612,7 +614,73 @@ pub fn record_pilot(conn: &Connection, p: &NewPilot, now: OffsetDateTime) -> Res
     Ok(())
 }
 
+/// Store what happened to a lease's guest templates (launch, then retirement).
+pub fn record_launches(
+    conn: &Connection,
+    lease: &str,
+    epoch: u64,
+    node: &str,
+    uri: &str,
+    launched: &[Launch],
+    now: OffsetDateTime,
+) -> Result<(), DbError> {
+    let json = serde_json::to_string(launched).unwrap_or_else(|_| "[]".into());
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO guest_launches (lease_id, epoch, node, uri, launched, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![lease, epoch as i64, node, uri, json, rfc3339(now)])?;
+    Ok(())
+}
+
+/// The launches recorded for a lease epoch, with the URI they used.
+pub fn launches(
+    conn: &Connection,
+    lease: &str,
+    epoch: u64,
+) -> Result<Option<(String, Vec<Launch>)>, DbError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT uri, launched FROM guest_launches WHERE lease_id = ?1 AND epoch = ?2",
+        )?
+        .query_row(params![lease, epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(uri, json)| (uri, serde_json::from_str(&json).unwrap_or_default())))
+}
+
 impl super::db::Db {
+    /// Store a lease's guest launches.
+    pub async fn record_launches(
+        &self,
+        lease: String,
+        epoch: u64,
+        node: String,
+        uri: String,
+        launched: Vec<Launch>,
+    ) -> Result<(), DbError> {
+        self.write(move |conn| {
+            record_launches(
+                conn,
+                &lease,
+                epoch,
+                &node,
+                &uri,
+                &launched,
+                OffsetDateTime::now_utc(),
+            )
+        })
+        .await
+    }
+
+    /// The launches recorded for a lease epoch.
+    pub async fn launches(
+        &self,
+        lease: String,
+        epoch: u64,
+    ) -> Result<Option<(String, Vec<Launch>)>, DbError> {
+        self.read(move |conn| launches(conn, &lease, epoch)).await
+    }
+
     /// Store and apply one event; resolves after it is durably committed.
     pub async fn ingest(&self, event: IncomingEvent, body: String) -> Result<EventReply, DbError> {
         self.write(move |conn| apply_event(conn, &event, &body, OffsetDateTime::now_utc()))

@@ -55,6 +55,16 @@ pub struct GuestFate {
     pub detail: Option<String>,
 }
 
+/// The node's hypervisor as a `reserved` event reports it.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct IncomingHypervisor {
+    /// `libvirt`, `xen`, `simulated` (kept a string: a newer pilot may add one).
+    pub backend: String,
+    /// The node-local libvirt URI (`libvirt` only).
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
 /// The type-specific part of an event.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -70,6 +80,9 @@ pub enum IncomingBody {
         deadline: OffsetDateTime,
         /// Seconds before the deadline at which unreserving starts.
         grace_secs: u64,
+        /// The node's hypervisor, when the pilot says (guest templates need it).
+        #[serde(default)]
+        hypervisor: Option<IncomingHypervisor>,
     },
     /// Still alive (sent while reserved).
     Heartbeat {

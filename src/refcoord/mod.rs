@@ -17,12 +17,18 @@
 //!   background task); the pilot keeps to its own deadline whatever the coordinator thinks.
 //! - **Pool** ([`pool`]): `POST /v1/pilots` and an optional background loop run the project's
 //!   `vmpilot-submit` scripts; every job id is recorded as soon as it is known.
+//! - **Guests** ([`guests`]): on `reserved` the configured domain templates are started on the
+//!   node with the lease's metadata, after the event is acknowledged; when the lease is over
+//!   their definitions are retired. Outcomes are stored with the lease.
+//! - **TLS**: with `[tls]` the API is served over HTTPS (rustls); without it, plain HTTP,
+//!   meant for loopback or behind a TLS proxy.
 //!
 //! The binary (`src/bin/vmpilot-coordinator.rs`) only parses flags and calls [`run`].
 
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod guests;
 pub mod ingest;
 pub mod message;
 pub mod pool;
@@ -61,6 +67,18 @@ pub enum CoordError {
     /// The HTTP server failed.
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error(
+        "cannot use the TLS certificate {cert} with key {key}: {source}\n\nhint: both must be PEM; the key must match the certificate (check `[tls]` in the config)"
+    )]
+    Tls {
+        /// `tls.cert_file`.
+        cert: std::path::PathBuf,
+        /// `tls.key_file`.
+        key: std::path::PathBuf,
+        /// What rustls said.
+        source: std::io::Error,
+    },
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -75,6 +93,8 @@ pub struct AppState {
     pub db: Db,
     /// The pilot pool, when `[pool]` is configured.
     pub pool: Option<Arc<Pool>>,
+    /// Guest launches and retirements in flight (awaited at shutdown).
+    pub tasks: Arc<guests::Tasks>,
 }
 
 /// Run the coordinator until SIGTERM or SIGINT: bind, serve, then drain in-flight requests,
@@ -90,27 +110,54 @@ pub async fn run(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), C
             source,
         })?;
     let addr = listener.local_addr().map_err(CoordError::Serve)?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "listening beyond loopback over plain HTTP: put a TLS proxy in front, the admin token travels in the clear");
-    }
+    let tls = match &config.tls {
+        Some(t) => Some(tls_config(t).await?),
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "listening beyond loopback over plain HTTP: configure [tls] or put a TLS proxy in front, the admin token travels in the clear");
+            }
+            None
+        }
+    };
     let db = Db::open(&config.database)?;
     let config = Arc::new(config);
     let pool = config.pool.clone().map(|p| Arc::new(Pool::new(p)));
+    let tasks = Arc::new(guests::Tasks::default());
     let state = AppState {
         config: config.clone(),
         db: db.clone(),
         pool: pool.clone(),
+        tasks: tasks.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let lost_task = tokio::spawn(lost_loop(state.clone(), stop_rx.clone()));
     let pool_task = pool.map(|p| tokio::spawn(pool::pool_loop(p, db.clone(), stop_rx.clone())));
     let shutdown = shutdown_signal()?;
     ready(addr);
-    tracing::info!(%addr, database = %config.database.display(), "coordinator started");
+    tracing::info!(%addr, https = tls.is_some(), database = %config.database.display(), "coordinator started");
     let app = api::router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(DRAIN_LIMIT));
+            });
+            let listener = listener.into_std().map_err(CoordError::Serve)?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .map_err(CoordError::Serve)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    };
+    tasks.drain(DRAIN_LIMIT).await;
     // Whatever the server did, stop the background tasks and close the database so every
     // committed write is checkpointed and the file is left clean.
     let _ = stop_tx.send(true);
@@ -121,6 +168,25 @@ pub async fn run(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), C
     db.close().await;
     tracing::info!("coordinator stopped");
     served.map_err(CoordError::Serve)
+}
+
+/// How long shutdown waits for in-flight HTTPS connections and guest launches.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Load `[tls]` into a rustls server config (ring provider, installed once per process).
+async fn tls_config(
+    tls: &config::TlsConfig,
+) -> Result<axum_server::tls_rustls::RustlsConfig, CoordError> {
+    // Both ring and aws-lc-rs are compiled in (dependencies ask for each), so rustls cannot
+    // pick a provider by itself. A second install in the same process is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+        .await
+        .map_err(|source| CoordError::Tls {
+            cert: tls.cert_file.clone(),
+            key: tls.key_file.clone(),
+            source,
+        })
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -202,6 +202,7 @@ impl Pool {
             ("--grace", &d.grace),
             ("--config", &d.node_config),
             ("--coordinator", &d.coordinator_url),
+            ("--output", &d.output),
         ];
         for (flag, value) in optional {
             if let Some(v) = value {

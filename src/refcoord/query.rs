@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::db::{Db, DbError, rfc3339_ms};
+use super::guests::Launch;
 use super::ingest::{DirectiveView, directive_from_row};
 use super::message::GuestFate;
 
@@ -53,6 +54,9 @@ pub struct LeaseView {
     pub lost_at: Option<String>,
     /// Each guest's fate, once the lease ended.
     pub guests: Vec<GuestFate>,
+    /// The guests the coordinator started from its templates for this lease, and what
+    /// became of their definitions.
+    pub launched: Vec<Launch>,
     /// Seconds to the deadline while the lease holds the node (negative: overdue).
     pub time_left_secs: Option<i64>,
     /// Directives not yet answered by the lease ending.
@@ -149,7 +153,9 @@ pub struct PilotView {
 
 const LEASE_COLUMNS: &str =
     "lease_id, epoch, node, job_id, state, reason, error, note, memory_mib, cpus,
-     deadline, grace_secs, reserved_at, ended_at, last_seq, last_seen_ms, guests, lost, lost_at";
+     deadline, grace_secs, reserved_at, ended_at, last_seq, last_seen_ms, guests, lost, lost_at,
+     (SELECT launched FROM guest_launches g
+      WHERE g.lease_id = leases.lease_id AND g.epoch = leases.epoch) AS launched";
 
 fn lease_from_row(r: &rusqlite::Row<'_>, now: OffsetDateTime) -> rusqlite::Result<LeaseView> {
     let state: String = r.get(4)?;
@@ -161,6 +167,7 @@ fn lease_from_row(r: &rusqlite::Row<'_>, now: OffsetDateTime) -> rusqlite::Resul
         .and_then(|d| OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok())
         .map(|d| (d - now).whole_seconds());
     let guests: Option<String> = r.get(16)?;
+    let launched: Option<String> = r.get(19)?;
     Ok(LeaseView {
         lease_id: r.get(0)?,
         epoch: r.get::<_, i64>(1)? as u64,
@@ -181,6 +188,9 @@ fn lease_from_row(r: &rusqlite::Row<'_>, now: OffsetDateTime) -> rusqlite::Resul
         lost: r.get(17)?,
         lost_at: r.get(18)?,
         guests: guests
+            .and_then(|g| serde_json::from_str(&g).ok())
+            .unwrap_or_default(),
+        launched: launched
             .and_then(|g| serde_json::from_str(&g).ok())
             .unwrap_or_default(),
         time_left_secs,

@@ -73,6 +73,7 @@ table{border-collapse:collapse;width:100%;background:#fff;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:.25em .5em;text-align:left;vertical-align:top}
 th{background:#f0f3f6}
 tr.bad td{background:#ffebe9}
+.err{color:#cf222e;font-weight:600}
 .state{font-weight:600}
 .s-reserved{color:#1a7f37}.s-unreserving{color:#9a6700}.s-failed,.s-lost{color:#cf222e}
 .muted{color:#57606a} code{font-size:.95em}
@@ -175,10 +176,26 @@ fn lease_table(h: &mut String, leases: &[&LeaseView]) {
         if let Some(e) = l.error.as_deref().or(l.note.as_deref()) {
             let _ = write!(reason, "<br><small>{}</small>", esc(e));
         }
+        // Reported fates first; then what the coordinator launched and has no fate yet
+        // (running, or a template that failed to start, highlighted).
         let guests = l
             .guests
             .iter()
             .map(|g| format!("{}: {}", esc(&g.name), esc(&g.fate)))
+            .chain(
+                l.launched
+                    .iter()
+                    .filter(|x| !l.guests.iter().any(|g| g.name == x.domain))
+                    .map(|x| {
+                        let text = format!("{}: {}", esc(&x.domain), esc(&x.status));
+                        match (&x.detail, x.status.as_str()) {
+                            (Some(d), "failed") => {
+                                format!("<span class=\"err\" title=\"{}\">{text}</span>", esc(d))
+                            }
+                            _ => text,
+                        }
+                    }),
+            )
             .collect::<Vec<_>>()
             .join("<br>");
         let directives = l

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod coordinator;
+pub mod refcoord;
 pub mod slurm;
 
 use std::path::{Path, PathBuf};
@@ -262,4 +263,22 @@ pub fn stdout(out: &Output) -> String {
 /// Does the path exist?
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// The cross-process lock of the real-libvirt tests: shared for ordinary tests, exclusive
+/// for one that stops libvirtd (so no other test sees it gone).
+pub fn libvirt_lock(exclusive: bool) -> std::fs::File {
+    let path = std::env::temp_dir().join("vmpilot-libvirt-tests.lock");
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    if exclusive {
+        f.lock().unwrap();
+    } else {
+        f.lock_shared().unwrap();
+    }
+    f
 }
