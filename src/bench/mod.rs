@@ -11,6 +11,7 @@
 //! | `footprint` | peak RSS, CPU and wake-ups over a held lease | the baseline routine holding a lease |
 //! | `node-lock` | 16 pilots at once on one node, with correctness checks | 16 baseline routines at once |
 //! | `coordinator` | reference coordinator ingest rate, heartbeat p50/p99 | [`coord`]'s storage-less server |
+//! | `libvirt` | claim, release with 0/1/8 guests per policy, kill-all 4 × 8, on the test bed's libvirtd | `virsh` doing the same in a shell loop |
 //!
 //! Everything runs on 127.0.0.1 and in temporary directories, bounded in count and time.
 //! Figures are reported, never asserted; the correctness checks are. See docs/performance.md.
@@ -18,6 +19,7 @@
 pub mod baseline;
 pub mod coord;
 pub mod ingest;
+pub mod libvirt;
 pub mod node;
 pub mod pilots;
 pub mod report;
@@ -48,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     lease: Option<humantime::Duration>,
     /// Only these groups (comma-separated): claim (also gives release), footprint,
-    /// node-lock, coordinator.
+    /// node-lock, coordinator, libvirt (needs the test bed; skipped without it).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where bench.md and bench.json go (default: target/bench next to the binaries).
@@ -67,6 +69,9 @@ pub struct Args {
     /// Events per ingest run (default 20000, quick 4000).
     #[arg(long)]
     ingest_events: Option<usize>,
+    /// Runs of each libvirt figure (default 3, quick 1).
+    #[arg(long)]
+    libvirt_runs: Option<usize>,
     /// Concurrent clients for ingest.
     #[arg(long, default_value_t = 32)]
     ingest_clients: usize,
@@ -139,6 +144,8 @@ pub struct Ctx {
     pub hb_window: Duration,
     /// Heartbeat runs.
     pub hb_runs: usize,
+    /// Runs of each libvirt figure.
+    pub libvirt_runs: usize,
 }
 
 /// A duration in milliseconds.
@@ -220,6 +227,7 @@ fn settings(args: &Args) -> anyhow::Result<Ctx> {
             .map(Into::into)
             .unwrap_or(Duration::from_secs(if q { 4 } else { 10 })),
         hb_runs: if q { 1 } else { 3 },
+        libvirt_runs: args.libvirt_runs.unwrap_or(if q { 1 } else { 3 }).max(1),
     })
 }
 
@@ -241,11 +249,12 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let mut figures = Vec::new();
     let mut failures = Vec::new();
     type Bench = fn(&Ctx, &mut Vec<report::Figure>, &mut Vec<String>) -> anyhow::Result<()>;
-    let groups: [(&str, Bench); 4] = [
+    let groups: [(&str, Bench); 5] = [
         ("claim", pilots::claim_release),
         ("footprint", pilots::footprint),
         ("node-lock", pilots::node_lock),
         ("coordinator", ingest::coordinator),
+        ("libvirt", libvirt::libvirt),
     ];
     for (name, bench) in groups {
         if !want(name) {
@@ -271,6 +280,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
             "heartbeat_pilots": ctx.hb_pilots,
             "heartbeat_window_secs": ctx.hb_window.as_secs_f64(),
             "heartbeat_runs": ctx.hb_runs,
+            "libvirt_runs": ctx.libvirt_runs,
             "only": args.only,
             "quick": args.quick,
         }),

@@ -24,6 +24,19 @@ impl Node {
     /// A node whose pilots report to `url`; the simulated host is large enough for many
     /// leases at once (`memory_gib`, 64 CPUs).
     pub fn new(url: &str, memory_gib: u32) -> anyhow::Result<Node> {
+        Node::with_host(
+            url,
+            &format!(
+                "backend = \"simulated\"\nhost_reserve = \"512M\"\nguest_overhead = \"64M\"\n\n\
+                 [host.simulated]\nmemory = \"{memory_gib}G\"\ncpus = 64\n"
+            ),
+            2,
+        )
+    }
+
+    /// A node whose pilots report to `url`, with `host` as the body of its `[host]`
+    /// section (sub-tables included) and `max_guests` per lease.
+    pub fn with_host(url: &str, host: &str, max_guests: u32) -> anyhow::Result<Node> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("vmpilot-bench-")
@@ -38,16 +51,7 @@ node_name = "benchnode"
 [lease]
 grace = "5s"
 lock_timeout = "120s"
-max_guests = 2
-
-[host]
-backend = "simulated"
-host_reserve = "512M"
-guest_overhead = "64M"
-
-[host.simulated]
-memory = "{memory_gib}G"
-cpus = 64
+max_guests = {max_guests}
 
 [coordinator]
 url = "{url}"
@@ -59,12 +63,19 @@ kind = "none"
 
 [log]
 level = "info"
-"#,
+
+[host]
+{host}"#,
             state = dir.path().join("state").display(),
             secret = secret.display(),
         );
         std::fs::write(dir.path().join("vmpilot.toml"), config)?;
         Ok(Node { dir })
+    }
+
+    /// The node's directory (logs, config, state).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The node's config file.
@@ -85,10 +96,21 @@ level = "info"
 
     /// Start `vmpilot run` for `lease` (1 GiB, 1 CPU) with `walltime`.
     pub fn spawn_pilot(&self, bin: &Path, lease: &str, walltime: Duration) -> anyhow::Result<Proc> {
+        self.spawn_pilot_with(bin, lease, walltime, "1G")
+    }
+
+    /// Start `vmpilot run` for `lease` with `memory` for guests (1 CPU) and `walltime`.
+    pub fn spawn_pilot_with(
+        &self,
+        bin: &Path,
+        lease: &str,
+        walltime: Duration,
+        memory: &str,
+    ) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(self.config())
-            .args(["run", "--lease-id", lease, "--memory", "1G", "--cpus", "1"])
+            .args(["run", "--lease-id", lease, "--memory", memory, "--cpus", "1"])
             .arg("--walltime")
             .arg(format!("{}s", walltime.as_secs()));
         self.spawn(cmd, lease)
