@@ -189,6 +189,7 @@ struct RawCoordinator {
     timeout: Option<Duration>,
     allow_plain_http: Option<bool>,
     heartbeat_interval: Option<Duration>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -315,6 +316,9 @@ pub struct CoordinatorConfig {
     pub timeout: Duration,
     /// Mean time between heartbeats while reserved (each is jittered by ±10 %).
     pub heartbeat_interval: Duration,
+    /// PEM file of CA certificates trusted for the coordinator's HTTPS, in addition to the
+    /// built-in web roots (a site's private CA); `None`: the web roots only.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -635,6 +639,22 @@ fn resolve_coordinator(
             "heartbeats every few tens of seconds are plenty; the default is 30s",
         ));
     }
+    if let Some(ca) = &raw.ca_file {
+        if !ca.is_absolute() {
+            return Err(invalid(
+                "coordinator.ca_file",
+                format!("`{}` is not an absolute path", ca.display()),
+                "use an absolute path such as /etc/vmpilot/coordinator-ca.pem",
+            ));
+        }
+        if parsed.scheme() != "https" {
+            return Err(invalid(
+                "coordinator.ca_file",
+                format!("is set but `{url}` is not https://: it would never be used"),
+                "use an https:// coordinator URL, or remove ca_file",
+            ));
+        }
+    }
     let Some(secret_file) = raw.secret_file else {
         return Err(invalid(
             "coordinator.secret_file",
@@ -647,6 +667,7 @@ fn resolve_coordinator(
         secret_file,
         timeout: raw.timeout.unwrap_or(Duration::from_secs(5)),
         heartbeat_interval,
+        ca_file: raw.ca_file,
     })
 }
 
@@ -739,6 +760,32 @@ mod tests {
         assert_eq!(ok.coordinator.unwrap().url, "http://127.0.0.1:9");
         let e = err("[coordinator]\nurl = \"ftp://x\"\nsecret_file = \"/s\"\n");
         assert!(e.contains("ftp"), "{e}");
+    }
+
+    #[test]
+    fn coordinator_ca_file_must_be_absolute_and_for_https() {
+        let ok = resolve(
+            "[coordinator]\nurl = \"https://c.example\"\nsecret_file = \"/s\"\nca_file = \"/etc/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.coordinator.unwrap().ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        let e = err(
+            "[coordinator]\nurl = \"https://c.example\"\nsecret_file = \"/s\"\nca_file = \"ca.pem\"\n",
+        );
+        assert!(
+            e.contains("`coordinator.ca_file`") && e.contains("absolute"),
+            "{e}"
+        );
+        let e = err(
+            "[coordinator]\nurl = \"http://127.0.0.1:9\"\nsecret_file = \"/s\"\nca_file = \"/etc/ca.pem\"\n",
+        );
+        assert!(
+            e.contains("`coordinator.ca_file`") && e.contains("https"),
+            "{e}"
+        );
     }
 
     #[test]

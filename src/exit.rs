@@ -2,6 +2,7 @@
 //! accounting (`sacct`, `qstat -f`). Listed in docs/exit-codes.md and the man page.
 
 use crate::config::ConfigError;
+use crate::coordinator::client::CaFileError;
 use crate::coordinator::signature::SecretError;
 use crate::coordinator::spool::SpoolError;
 use crate::host::HostError;
@@ -77,6 +78,7 @@ impl ExitStatus {
             }
             if cause.is::<StoreError>()
                 || cause.is::<SecretError>()
+                || cause.is::<CaFileError>()
                 || cause.is::<SpoolError>()
                 || cause.is::<LrmError>()
             {

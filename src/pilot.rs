@@ -81,6 +81,10 @@ struct Pilot {
     killed_by: Option<KillRequest>,
     /// The batch system, asked after a SIGTERM whether it is preempting the job.
     lrm: Option<Lrm>,
+    /// The first failure to persist the record once the host was changed. Such a failure
+    /// never stops the lease from ending in time (the deadline comes first, and giving the
+    /// node back is safe to repeat); it is returned when the lease is over.
+    unpersisted: Option<anyhow::Error>,
 }
 
 /// Run one lease to its end. Returns the exit status; errors are things that prevented the
@@ -134,11 +138,22 @@ pub async fn run(
         grace: request.grace,
         killed_by: None,
         lrm,
+        unpersisted: None,
     };
     let result = pilot.drive().await;
     progress::finish();
     delivery.abort();
     outbox.flush(FINAL_FLUSH).await;
+    let lost = outbox.lost();
+    if lost > 0 {
+        // The outbox printed each of them in full; say so where admins look first too.
+        pilot.record.last_error = Some(format!(
+            "{lost} coordinator event(s) were lost (could not be persisted or delivered); each is in this pilot's log (`EVENT LOST`)"
+        ));
+        if let Err(e) = pilot.releaser.store.save(&pilot.record) {
+            tracing::error!(error = %e, "cannot record the lost events in the lease record");
+        }
+    }
     result
 }
 
@@ -206,7 +221,9 @@ impl Pilot {
             Ok(Ok(baseline)) => {
                 crashpoint::hit(Point::HostReserved);
                 self.record.baseline = Some(baseline);
-                self.releaser.store.save(&self.record)?;
+                if let Err(e) = self.releaser.store.save(&self.record) {
+                    return self.abandon(e.into()).await;
+                }
                 crashpoint::hit(Point::BaselineSaved);
             }
             Ok(Err(e)) => return self.rollback(e).await,
@@ -223,15 +240,20 @@ impl Pilot {
             let event = self.signal_event(&sig).await;
             return self.unreserve(event).await;
         }
-        self.apply(&Event::ReservedOk)?;
+        if let Err(e) = self.apply(&Event::ReservedOk) {
+            return self.abandon(e).await;
+        }
         crashpoint::hit(Point::ReservedSaved);
-        self.emit(EventBody::Reserved {
+        let reserved = EventBody::Reserved {
             memory_mib: self.record.memory_mib,
             cpus: self.record.cpus,
             deadline: self.record.deadline,
             grace_secs: self.record.grace_secs,
             hypervisor: Some(Hypervisor::from_config(&self.releaser.config)),
-        })?;
+        };
+        if let Err(e) = self.emit(reserved) {
+            return self.abandon(e).await;
+        }
         crashpoint::hit(Point::ReservedSpooled);
         let event = self.hold().await;
         self.unreserve(event).await
@@ -422,19 +444,58 @@ impl Pilot {
         Err(error.into())
     }
 
+    /// The host holds the lease's share but its record cannot be written (disk full): do
+    /// not leave the node in VM mode with no pilot; give it back now, then report `error`.
+    async fn abandon(&mut self, error: anyhow::Error) -> anyhow::Result<ExitStatus> {
+        if !error.is::<crate::lease::store::StoreError>() {
+            return Err(error);
+        }
+        self.record.last_error = Some(format!("{error:#}"));
+        self.tolerate(Err(error))?;
+        self.unreserve(Event::HostError).await
+    }
+
+    /// Let a failure to persist the record pass (logged, remembered in `unpersisted`), so
+    /// that ending the lease goes on; any other error is returned.
+    fn tolerate(&mut self, result: anyhow::Result<()>) -> anyhow::Result<()> {
+        match result {
+            Err(e) if e.is::<crate::lease::store::StoreError>() => {
+                tracing::error!(lease = %self.record.lease_id, error = %format!("{e:#}"), "cannot persist the lease record; giving the node back anyway (safe to repeat: `vmpilot recover` finishes from the last record on disk)");
+                self.unpersisted.get_or_insert(e);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// End the lease: persist the intent, stop guests, restore the host, persist the end.
+    /// A record that cannot be persisted (disk full) does not stop any of it: the node is
+    /// given back by the deadline and the persistence error is returned afterwards.
     async fn unreserve(&mut self, event: Event) -> anyhow::Result<ExitStatus> {
+        let status = self.unreserve_tolerant(event).await?;
+        match self.unpersisted.take() {
+            None => Ok(status),
+            Some(e) => Err(e.context(format!(
+                "lease {} ended (state `{}`), but its record could not be kept up to date; once there is space, run `vmpilot recover` to finish the record",
+                self.record.lease_id, self.record.state
+            ))),
+        }
+    }
+
+    async fn unreserve_tolerant(&mut self, event: Event) -> anyhow::Result<ExitStatus> {
         progress::finish();
         let signal = match &event {
             Event::Terminate { signal, .. } => Some(signal.clone()),
             _ => None,
         };
-        self.apply(&event)?;
+        let applied = self.apply(&event).map(drop);
+        self.tolerate(applied)?;
         crashpoint::hit(Point::UnreservingSaved);
-        self.emit(EventBody::Unreserving {
+        let unreserving = self.emit(EventBody::Unreserving {
             reason: self.record.end_reason.unwrap_or(EndReason::Deadline),
             signal,
-        })?;
+        });
+        self.tolerate(unreserving)?;
         crashpoint::hit(Point::UnreservingSpooled);
         // What remains of the grace, never past the deadline.
         let budget = self.budget();
@@ -460,8 +521,9 @@ impl Pilot {
             }
         };
         self.record = record;
-        saved?;
-        self.emit_end()?;
+        self.tolerate(saved.map_err(Into::into))?;
+        let end = self.emit_end();
+        self.tolerate(end)?;
         Ok(self.exit_status())
     }
 
@@ -511,9 +573,20 @@ impl Pilot {
         Ok(to)
     }
 
+    /// Record the event's sequence number, then hand the event to the outbox. An event whose
+    /// sequence number cannot be persisted is not sent: `vmpilot recover` would number its
+    /// `recovered` event from the record on disk, reusing that number, and a coordinator
+    /// would ignore it as older than what it already had. It is reported lost instead
+    /// (logged whole), and the `recovered` event tells the coordinator how the lease ended.
     fn emit(&mut self, body: EventBody) -> anyhow::Result<()> {
         let event = EventEnvelope::new(&mut self.record, body);
-        self.releaser.store.save(&self.record)?;
+        if let Err(e) = self.releaser.store.save(&self.record) {
+            self.outbox.report_lost(
+                &event,
+                "its sequence number could not be persisted in the lease record",
+            );
+            return Err(e.into());
+        }
         self.outbox.emit(&event)?;
         Ok(())
     }
@@ -532,16 +605,19 @@ impl Pilot {
                 guests,
             },
         };
-        self.emit(body)?;
+        // Both events go out even if the record cannot be saved after the first.
+        let ended = self.emit(body);
         crashpoint::hit(Point::UnreservedSpooled);
         if let Some(k) = self.killed_by.clone() {
-            self.emit(EventBody::Killed {
+            let killed = self.emit(EventBody::Killed {
                 by: k.by,
                 why: k.why,
                 outcome: self.record.state,
-            })?;
+            });
+            ended.and(killed)
+        } else {
+            ended
         }
-        Ok(())
     }
 
     /// Check the lease's guests against its budget whenever the host says they changed

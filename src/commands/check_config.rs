@@ -20,7 +20,15 @@ pub fn check_config(globals: &Globals) -> anyhow::Result<ExitStatus> {
         .with_context(|| format!("state directory {} is not writable", store.dir().display()))?;
     let _ = std::fs::remove_file(&probe);
     if let Some(c) = &config.coordinator {
-        Secret::from_file(&c.secret_file)?;
+        let secret = Secret::from_file(&c.secret_file)?;
+        if let Some(ca) = &c.ca_file {
+            crate::coordinator::client::CoordinatorClient::with_ca_file(
+                &c.url,
+                secret,
+                c.timeout.get(),
+                ca,
+            )?;
+        }
     }
     let host = crate::host::open(&config)?;
     let capacity = host.capacity()?;

@@ -1,5 +1,10 @@
 //! The HTTP side: POST a spooled event, signed, with a timeout; classify the answer.
+//!
+//! A failure to reach the coordinator is transient (the event stays spooled), but its cause
+//! is spelled out whole — in particular a TLS failure, which no amount of retrying fixes, is
+//! named as such so an admin sees that the certificate is not trusted.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::signature::{SIGNATURE_HEADER, Secret, sign};
@@ -29,6 +34,34 @@ pub struct CoordinatorClient {
     timeout: Duration,
 }
 
+/// The coordinator's CA file (`coordinator.ca_file`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    /// The file cannot be read.
+    #[error(
+        "cannot read coordinator.ca_file {path}: {source}\n\nhint: check the path and its permissions"
+    )]
+    Read {
+        /// The CA file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file holds no usable PEM certificate.
+    #[error(
+        "coordinator.ca_file {path} holds no PEM certificate{detail}\n\nhint: it must contain one or more `-----BEGIN CERTIFICATE-----` blocks (the CA that signed the coordinator's certificate)"
+    )]
+    NoCertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// Why parsing failed, if it did.
+        detail: String,
+    },
+}
+
+/// Start of the message of a [`PostOutcome::Transient`] caused by TLS.
+pub const TLS_FAILED: &str = "TLS with the coordinator failed";
+
 /// Longest error reply body kept for logs.
 const MAX_LOGGED_BODY: usize = 512;
 
@@ -38,10 +71,50 @@ const MAX_REPLY_BODY: usize = 64 * 1024;
 impl CoordinatorClient {
     /// A client for the coordinator at `base_url`.
     pub fn new(base_url: &str, secret: Secret, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        Self::build(base_url, secret, timeout, Vec::new())
+    }
+
+    /// A client that also trusts the CA certificates in the PEM file `ca_file` (a site's
+    /// private CA), besides the built-in web roots.
+    pub fn with_ca_file(
+        base_url: &str,
+        secret: Secret,
+        timeout: Duration,
+        ca_file: &Path,
+    ) -> anyhow::Result<Self> {
+        let pem = std::fs::read(ca_file).map_err(|source| CaFileError::Read {
+            path: ca_file.to_path_buf(),
+            source,
+        })?;
+        let no_cert = |detail: String| CaFileError::NoCertificate {
+            path: ca_file.to_path_buf(),
+            detail,
+        };
+        // reqwest accepts text without any PEM block as an empty bundle; refuse that here.
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(no_cert(String::new()).into());
+        }
+        let roots =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| no_cert(format!(" ({e})")))?;
+        if roots.is_empty() {
+            return Err(no_cert(String::new()).into());
+        }
+        Ok(Self::build(base_url, secret, timeout, roots)?)
+    }
+
+    fn build(
+        base_url: &str,
+        secret: Secret,
+        timeout: Duration,
+        roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("vmpilot/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout)
-            .build()?;
+            .connect_timeout(timeout);
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+        let http = builder.build()?;
         Ok(CoordinatorClient {
             events_url: format!("{}/v1/events", base_url.trim_end_matches('/')),
             secret,
@@ -66,7 +139,7 @@ impl CoordinatorClient {
             .body(body.to_vec());
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return PostOutcome::Transient(format!("{e:#}")),
+            Err(e) => return PostOutcome::Transient(describe_send_error(&e)),
         };
         let status = response.status();
         // A 2xx reply carries directives and is parsed whole (up to MAX_REPLY_BODY, beyond
@@ -91,6 +164,43 @@ impl CoordinatorClient {
         } else {
             PostOutcome::Transient(format!("coordinator answered {status}"))
         }
+    }
+}
+
+/// The whole cause of a failed request: reqwest's own message names only the URL, the
+/// interesting part (refused, timed out, certificate not trusted) is in its sources. A TLS
+/// failure is prefixed with [`TLS_FAILED`].
+fn describe_send_error(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut tls = false;
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        // rustls errors travel inside an io::Error (whose `source` skips them).
+        let inner_is_rustls = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        // How deep the rustls error sits depends on hyper's wrapping; its text does not.
+        let tls_text = ["certificate", "TLS", "tls handshake", "HandshakeFailure"]
+            .iter()
+            .any(|w| part.contains(w));
+        tls |= c.is::<rustls::Error>() || inner_is_rustls || tls_text;
+        cause = c.source();
+    }
+    if e.is_timeout() && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    if tls {
+        format!(
+            "{TLS_FAILED}: {text} (if the coordinator uses a private CA, set coordinator.ca_file)"
+        )
+    } else {
+        text
     }
 }
 

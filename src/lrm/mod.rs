@@ -64,7 +64,9 @@ pub enum LrmError {
         scripts: &'static str,
     },
     /// A query command failed, hung or is missing.
-    #[error("cannot read job {job} from {lrm}: {source}")]
+    #[error(
+        "cannot read job {job} from {lrm}: {source}\n\nhint: nothing was changed on this node; check that the batch system's controller answers (`scontrol ping` for Slurm, `qstat -B` for PBS) and that its tools are in PATH (each call is bounded by `[lrm] command_timeout`)"
+    )]
     Query {
         /// Batch system.
         lrm: &'static str,
