@@ -978,6 +978,57 @@ fn the_real_pilot_reports_its_whole_lease_to_the_coordinator() {
     assert_eq!(nodes["nodes"][0]["name"], "testnode");
 }
 
+/// The pilot and the coordinator over HTTPS: `[tls]` on the coordinator, the pilot trusting
+/// its self-signed certificate through `ca_file`. Every event arrives, over TLS only.
+#[test]
+fn the_real_pilot_reports_over_https_to_a_coordinator_with_tls() {
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key, _) = self_signed(keys.path());
+    let coord = Coord::start(&format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    assert!(coord.url.starts_with("https://"), "{}", coord.url);
+    let node = pilot_node(&coord.url, &format!("ca_file = \"{}\"\n", cert.display()));
+    let out = node.run(&[
+        "run",
+        "--host",
+        "simulated",
+        "--memory",
+        "1G",
+        "--walltime",
+        "3s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "tls-e2e",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(node.spooled(), 0, "every event was acknowledged over HTTPS");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lease: Value = rt.block_on(async {
+        http.get(format!("{}/v1/leases/tls-e2e", coord.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(lease["state"], "unreserved", "{lease}");
+    assert_eq!(lease["reason"], "deadline");
+}
+
 /// A `release` created through the API reaches the real pilot in a heartbeat reply and
 /// ends its lease early with reason `coordinator-release`.
 #[test]

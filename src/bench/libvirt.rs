@@ -68,7 +68,12 @@ struct Guests {
 impl Guests {
     /// Define and start `n` tiny guests named `{prefix}-{i}`, owned by `owner` (lease id,
     /// epoch) when given.
-    fn start(dir: &Path, prefix: &str, n: usize, owner: Option<(&str, u64)>) -> anyhow::Result<Guests> {
+    fn start(
+        dir: &Path,
+        prefix: &str,
+        n: usize,
+        owner: Option<(&str, u64)>,
+    ) -> anyhow::Result<Guests> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/guest-xml.sh");
         let mut g = Guests {
             names: Vec::new(),
@@ -177,11 +182,15 @@ fn libvirt_node(url: &str, policy: &str, max_guests: u32) -> anyhow::Result<Node
 }
 
 fn epoch_of(node: &Node, lease: &str) -> u64 {
-    std::fs::read(node.state_dir().join("leases").join(format!("{lease}.json")))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["epoch"].as_u64())
-        .unwrap_or(0)
+    std::fs::read(
+        node.state_dir()
+            .join("leases")
+            .join(format!("{lease}.json")),
+    )
+    .ok()
+    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    .and_then(|v| v["epoch"].as_u64())
+    .unwrap_or(0)
 }
 
 /// Guest memory for a lease of `n` tiny guests (each 128 MiB + 32 MiB overhead, rounded up).
@@ -200,8 +209,12 @@ fn pilot_run(
 ) -> anyhow::Result<(Duration, Duration)> {
     let node = libvirt_node(&coord.url, policy, n.max(1) as u32)?;
     let lease = format!("lv-{tag}");
-    let mut pilot: Proc =
-        node.spawn_pilot_with(&ctx.vmpilot, &lease, Duration::from_secs(1800), &lease_memory(n))?;
+    let mut pilot: Proc = node.spawn_pilot_with(
+        &ctx.vmpilot,
+        &lease,
+        Duration::from_secs(1800),
+        &lease_memory(n),
+    )?;
     let reserved = coord
         .wait_for(&lease, "reserved", STEP)
         .with_context(|| format!("{lease}: no `reserved` (log in {})", node.dir().display()))?;

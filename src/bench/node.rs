@@ -110,7 +110,15 @@ level = "info"
         let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(self.config())
-            .args(["run", "--lease-id", lease, "--memory", memory, "--cpus", "1"])
+            .args([
+                "run",
+                "--lease-id",
+                lease,
+                "--memory",
+                memory,
+                "--cpus",
+                "1",
+            ])
             .arg("--walltime")
             .arg(format!("{}s", walltime.as_secs()));
         self.spawn(cmd, lease)
