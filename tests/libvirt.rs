@@ -721,11 +721,14 @@ const CRASH_SWEEP_LANES: usize = 2;
 fn crash_and_recover(point: vmpilot::crashpoint::Point) {
     use vmpilot::crashpoint::Point;
     let what = point.name();
+    // Guests belong to a lease by id on the one shared libvirtd: the id must be unique per
+    // point (lanes run side by side) and per test process (other checkouts run this too).
+    let lease = format!("lvc-{}-{what}", std::process::id());
     let mut lv = LvNode::new(&format!("crash-{what}"), "destroy", "2s", false);
     // A fresh state dir: the lease's first epoch is 1, so the guest can exist before the
-    // pilot, as one a coordinator starts the moment the node is reserved. Unreserving starts
-    // a second after reserving; its 3 s are for destroying a guest on a loaded machine.
-    let guest = lv.start_guest("g", Some(("lvc", 1)), false);
+    // pilot, as one a coordinator starts the moment the node is reserved. Reserving gets
+    // walltime - grace = 3 s and unreserving 3 s: enough on a loaded 2-core machine.
+    let guest = lv.start_guest("g", Some((&lease, 1)), false);
     let child = lv
         .node
         .cmd(&[
@@ -735,11 +738,11 @@ fn crash_and_recover(point: vmpilot::crashpoint::Point) {
             "--cpus",
             "1",
             "--walltime",
-            "4s",
+            "6s",
             "--grace",
             "3s",
             "--lease-id",
-            "lvc",
+            &lease,
         ])
         .env("VMPILOT_CRASH_AT", what)
         .stdout(Stdio::piped())
@@ -752,7 +755,7 @@ fn crash_and_recover(point: vmpilot::crashpoint::Point) {
         128 + 9,
         "{what}: the pilot never reached this point:\n{err}"
     );
-    let left = lv.node.record("lvc").unwrap();
+    let left = lv.node.record(&lease).unwrap();
     let out = lv.node.run(&["recover"]);
     assert!(
         out.status.success(),
@@ -760,7 +763,7 @@ fn crash_and_recover(point: vmpilot::crashpoint::Point) {
         common::stdout(&out),
         common::stderr(&out)
     );
-    let r = lv.node.record("lvc").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(r["state"], "unreserved", "{what}: {r}");
     assert_eq!(
         lv.pool(),
