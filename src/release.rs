@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::crashpoint::{self, Point};
 use crate::host::{Host, HostError, owned_by, unreserve};
-use crate::lease::record::LeaseRecord;
+use crate::lease::record::{GuestFate, LeaseRecord};
 use crate::lease::store::{Store, StoreError};
 use crate::lease::{Event, LeaseState};
 
@@ -108,7 +108,7 @@ impl Releaser {
             });
             // stop_guests keeps to its budget unless the hypervisor itself hangs.
             let limit = guest_budget + Duration::from_secs(1);
-            record.guests = match tokio::time::timeout(limit, stopping).await {
+            let fates = match tokio::time::timeout(limit, stopping).await {
                 Ok(fates) => fates.unwrap_or_default(),
                 Err(_) => {
                     return Err(HostError::Timeout {
@@ -117,6 +117,7 @@ impl Releaser {
                     });
                 }
             };
+            record.guests = keep_earlier_fates(&record.guests, fates);
             // The fates are evidence; keep them even if the restore below fails.
             let _ = self.store.save(record);
             crashpoint::hit(Point::GuestsStopped);
@@ -170,5 +171,53 @@ impl Releaser {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Merge the fates of this stop with those an earlier, interrupted one saved (a pilot killed
+/// after stopping its guests, a recovery killed part-way): a guest this run found
+/// `already-stopped` keeps the fate that stopped it, so the record still says who did what.
+fn keep_earlier_fates(earlier: &[GuestFate], now: Vec<GuestFate>) -> Vec<GuestFate> {
+    now.into_iter()
+        .map(|f| match earlier.iter().find(|e| e.name == f.name) {
+            Some(e) if f.fate == "already-stopped" && e.fate != "failed" => e.clone(),
+            _ => f,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, fate: &str) -> GuestFate {
+        GuestFate {
+            name: name.into(),
+            fate: fate.into(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_guest_found_stopped_keeps_the_fate_that_stopped_it() {
+        let earlier = [f("a", "destroyed"), f("b", "failed")];
+        let now = vec![
+            f("a", "already-stopped"),
+            f("b", "already-stopped"),
+            f("c", "already-stopped"),
+            f("d", "shut-down"),
+        ];
+        let merged: Vec<_> = keep_earlier_fates(&earlier, now)
+            .into_iter()
+            .map(|g| (g.name, g.fate))
+            .collect();
+        let want = [
+            ("a", "destroyed"),
+            ("b", "already-stopped"),
+            ("c", "already-stopped"),
+            ("d", "shut-down"),
+        ]
+        .map(|(n, x)| (n.to_string(), x.to_string()));
+        assert_eq!(merged, want);
     }
 }

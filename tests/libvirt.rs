@@ -679,3 +679,137 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     let r = lv.node.record("lvr").unwrap();
     assert_restored(&lv, &r);
 }
+
+/// Issue 6: the crash-consistency sweep on the real libvirtd. For every point where the pilot
+/// persists or acts (src/crashpoint.rs), a pilot with a started guest carrying its lease's
+/// metadata is SIGKILLed exactly there; `vmpilot recover` must then leave no owned guest
+/// running, the hugepage pool (stand-in file) at its value before the lease, the ledger
+/// empty, and a record that says what happened. One lease per point, `destroy` policy and
+/// short graces, a few points at a time, so the sweep stays short; the guests need not
+/// finish booting.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn sigkill_at_every_crash_point_then_recover_restores_the_libvirt_host() {
+    use std::sync::Mutex;
+    use vmpilot::crashpoint::Point;
+    if !enabled("sigkill_at_every_crash_point_then_recover_restores_the_libvirt_host") {
+        return;
+    }
+    let started = Instant::now();
+    let queue = Mutex::new(Point::ALL.to_vec());
+    std::thread::scope(|s| {
+        for _ in 0..CRASH_SWEEP_LANES {
+            s.spawn(|| {
+                while let Some(point) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                    crash_and_recover(point);
+                }
+            });
+        }
+    });
+    eprintln!(
+        "libvirt crash sweep: {} points in {:?}",
+        Point::ALL.len(),
+        started.elapsed()
+    );
+}
+
+/// Points swept at once: each lane has at most one TCG guest running.
+#[cfg(feature = "fault-injection")]
+const CRASH_SWEEP_LANES: usize = 2;
+
+#[cfg(feature = "fault-injection")]
+fn crash_and_recover(point: vmpilot::crashpoint::Point) {
+    use vmpilot::crashpoint::Point;
+    let what = point.name();
+    // Guests belong to a lease by id on the one shared libvirtd: the id must be unique per
+    // point (lanes run side by side) and per test process (other checkouts run this too).
+    let lease = format!("lvc-{}-{what}", std::process::id());
+    let mut lv = LvNode::new(&format!("crash-{what}"), "destroy", "2s", false);
+    // A fresh state dir: the lease's first epoch is 1, so the guest can exist before the
+    // pilot, as one a coordinator starts the moment the node is reserved. Reserving gets
+    // walltime - grace = 3 s and unreserving 3 s: enough on a loaded 2-core machine.
+    let guest = lv.start_guest("g", Some((&lease, 1)), false);
+    let child = lv
+        .node
+        .cmd(&[
+            "run",
+            "--memory",
+            "512M",
+            "--cpus",
+            "1",
+            "--walltime",
+            "6s",
+            "--grace",
+            "3s",
+            "--lease-id",
+            &lease,
+        ])
+        .env("VMPILOT_CRASH_AT", what)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = Pilot { child }.finish();
+    assert_eq!(
+        code,
+        128 + 9,
+        "{what}: the pilot never reached this point:\n{err}"
+    );
+    let left = lv.node.record(&lease).unwrap();
+    let out = lv.node.run(&["recover"]);
+    assert!(
+        out.status.success(),
+        "{what}: recover failed:\n{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let r = lv.node.record(&lease).unwrap();
+    assert_eq!(r["state"], "unreserved", "{what}: {r}");
+    assert_eq!(
+        lv.pool(),
+        "5",
+        "{what}: hugepage pool not back at its baseline"
+    );
+    if let Ok(bytes) = std::fs::read(lv.node.state_dir().join("libvirt-ledger.json")) {
+        let ledger: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(ledger["leases"], serde_json::json!({}), "{what}: {ledger}");
+        assert_eq!(ledger["node_baseline"], Value::Null, "{what}: {ledger}");
+    }
+    // The record explains: recovery ended what the pilot left open, and says so.
+    let events: Vec<&str> = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    if left["state"] == "unreserved" {
+        assert!(
+            common::stdout(&out).contains("already finished"),
+            "{what}: {}",
+            common::stdout(&out)
+        );
+    } else {
+        assert!(events.contains(&"pilot-lost"), "{what}: {events:?}");
+    }
+    if point != Point::BeginSaved {
+        // From `reserving` on the lease may have had guests: none may still run, and the
+        // record names who stopped each (the pilot before it died, or recovery).
+        assert!(
+            domstate(&guest).starts_with("shut off"),
+            "{what}: owned guest {guest} left {}",
+            domstate(&guest)
+        );
+        assert_eq!(
+            fates(&r),
+            [(guest.clone(), "destroyed".to_string())],
+            "{what}: {r}"
+        );
+    }
+    let again = lv.node.run(&["recover"]);
+    assert!(again.status.success(), "{what}: second recover");
+    assert!(
+        common::stdout(&again).contains("already finished"),
+        "{what}: {}",
+        common::stdout(&again)
+    );
+}

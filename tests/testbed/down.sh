@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/testbed/down.sh -- stop the daemons that tests/testbed/up.sh started, by the pid files
-# it keeps in /run/vmpilot-testbed/ (never by process name).  Idempotent: a missing or stale
+# it keeps in /run/vmpilot-testbed/ (never by process name), and remove node n2's network
+# namespace.  Idempotent: a missing or stale
 # pid file is skipped.  Daemons that up.sh found already running (started by someone else) have
 # no pid file there and are left alone.  Packages, configs, Slurm state and the guest cache stay
 # (up.sh then brings everything back in seconds).
@@ -41,9 +42,16 @@ elif [ -S /run/libvirt/libvirt-sock ]; then
   [ "${left:-0}" -gt 0 ] && log "note: $left libvirt domain(s) still running; their qemu processes stay"
 fi
 
+stop_pid "$RUN/n2/slurmd.pid" slurmd
 stop_pid "$RUN/slurmd.pid" slurmd
 stop_pid "$RUN/slurmctld.pid" slurmctld
 stop_pid "$RUN/libvirtd.pid" libvirtd
 stop_pid "$RUN/virtlogd.pid" virtlogd
 stop_pid "$RUN/munge/munged.pid" munged
+# node n2's network (up.sh creates it again); its slurmd is stopped above
+if [ -e /run/netns/vmpilot-n2 ]; then
+  log "removing network namespace vmpilot-n2"
+  ip link del vmp-n2h 2>/dev/null || true
+  ip netns del vmpilot-n2 2>/dev/null || true
+fi
 log "done"

@@ -4,8 +4,10 @@
 # when it differs (then restarts the daemons that read it), starts a daemon only if it is not
 # running.  tests/testbed/down.sh stops what this script started.
 #
-#   * munge + single-node Slurm 22.05 on localhost (slurmctld, slurmd as root), partitions
+#   * munge + Slurm 22.05 on localhost (slurmctld, slurmd as root), partitions
 #     'low' (default, preemptable: CANCEL + GraceTime) and 'high' (preempts 'low'),
+#     a second node 'n2': another slurmd on this machine in the network namespace vmpilot-n2
+#     (veth 10.77.0.1 <-> 10.77.0.2), only in the partition 'pair' (both nodes),
 #     slurm-wlm-torque (qsub/qdel/qstat wrappers), an Epilog hook dir and a TaskProlog that
 #     SIMULATES a PBS job environment for jobs named pbs-*.
 #   * libvirt (monolithic libvirtd + virtlogd) with qemu (TCG), libvirt-dev for the `virt` crate.
@@ -13,6 +15,8 @@
 #     booted once through libvirt from tests/testbed/guest.xml.in as a check.
 #
 # Paths:  /etc/vmpilot-testbed/{epilog.sh,epilog.d/,task-prolog.sh}
+#         n2: /run/vmpilot-testbed/n2/ (its slurmd.pid, epilog.log), /var/spool/slurmd-n2,
+#             /var/log/slurm/n2/slurmd.log
 #         /run/vmpilot-testbed/*.pid (+ epilog.log)    /var/log/vmpilot-testbed/up.log
 #         /var/cache/vmpilot-testbed/guest/{vmlinuz,initrd.img}
 # Knobs (environment): TESTBED_PROCTRACK=auto|cgroup|linuxproc  TESTBED_GRACETIME=20
@@ -141,8 +145,24 @@ esac
 log "proctrack: $PT (task plugin $TPL)"
 install -d -m 0755 /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /etc/slurm
 
+################################################################################ node n2 network
+# A second "node" on this machine: a network namespace joined to the host by a veth pair.
+# slurmctld is addressed at the host end (CTLDADDR) so that n2's slurmd and its jobs reach it.
+N2NS=vmpilot-n2; N2_HOST_IF=vmp-n2h; N2_IF=vmp-n2; CTLDADDR=10.77.0.1; N2ADDR=10.77.0.2
+[ -e "/run/netns/$N2NS" ] || ip netns add "$N2NS" || die "ip netns add $N2NS"
+if ! ip link show "$N2_HOST_IF" >/dev/null 2>&1; then
+  ip link add "$N2_HOST_IF" type veth peer name "$N2_IF" netns "$N2NS" || die "veth for $N2NS"
+fi
+ip -4 addr show dev "$N2_HOST_IF" | grep -q "inet $CTLDADDR/" || ip addr add "$CTLDADDR/24" dev "$N2_HOST_IF"
+ip link set "$N2_HOST_IF" up
+n2net() { nsenter --net="/run/netns/$N2NS" "$@"; }
+n2net ip link set lo up
+n2net ip -4 addr show dev "$N2_IF" | grep -q "inet $N2ADDR/" || n2net ip addr add "$N2ADDR/24" dev "$N2_IF"
+n2net ip link set "$N2_IF" up
+# (reachability is checked below, when n2's slurmd registers with slurmctld)
+
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-sed -e "s|@NODE@|$NODE|g" -e "s|@TOPO@|${TOPO% }|g" -e "s|@REALMEM@|$REALMEM|g" \
+sed -e "s|@NODE@|$NODE|g" -e "s|@CTLDADDR@|$CTLDADDR|g" -e "s|@N2ADDR@|$N2ADDR|g" -e "s|@N2NS@|$N2NS|g" -e "s|@TOPO@|${TOPO% }|g" -e "s|@REALMEM@|$REALMEM|g" \
     -e "s|@PROCTRACK@|$PT|g" -e "s|@TASKPLUGIN@|$TPL|g" -e "s|@RUNDIR@|$RUN|g" -e "s|@ETCDIR@|$ETC|g" \
     -e "s|@GRACETIME@|$TESTBED_GRACETIME|g" -e "s|@KILLWAIT@|$TESTBED_KILLWAIT|g" \
     -e "s|@MINJOBAGE@|$TESTBED_MINJOBAGE|g" -e "s|@DEFMEMPERCPU@|$DEFMEM|g" \
@@ -167,9 +187,10 @@ install_if_changed "$HERE/task-prolog.sh" "$ETC/task-prolog.sh" 0755 || true
 [ -f "$ETC/epilog.d/README" ] || echo "Drop executable Epilog hooks here (see $ETC/epilog.sh)." >"$ETC/epilog.d/README"
 
 ################################################################################ slurm daemons
-CTLD_PF=$RUN/slurmctld.pid; SLURMD_PF=$RUN/slurmd.pid
+CTLD_PF=$RUN/slurmctld.pid; SLURMD_PF=$RUN/slurmd.pid; N2RUN=$RUN/n2; SLURMD2_PF=$N2RUN/slurmd.pid
 if [ $SL_CHANGED = 1 ]; then
   log "slurm config changed"
+  stop_pid "$SLURMD2_PF" slurmd
   stop_pid "$SLURMD_PF" slurmd
   stop_pid "$CTLD_PF" slurmctld
 fi
@@ -198,10 +219,39 @@ if ! wait_for 60 node_usable; then
   die "node $NODE not usable: $(node_state) ($(scontrol show node "$NODE" 2>/dev/null | grep -o 'Reason=.*'))"
 fi
 log "node $NODE: $(node_state)"
-
 # job_state ID -> JobState
 job_state() { scontrol show job -o "$1" 2>/dev/null | grep -oE 'JobState=[A-Z_]+' | cut -d= -f2; }
 job_done() { case "$(job_state "$1")" in COMPLETED|FAILED|CANCELLED|TIMEOUT|OUT_OF_MEMORY|NODE_FAIL|PREEMPTED|BOOT_FAIL|DEADLINE) return 0 ;; esac; return 1; }
+
+# n2's slurmd: in the network namespace (nsenter --net; `ip netns exec` would remount /sys and
+# hide the cgroup hierarchies proctrack/cgroup needs) and in a mount namespace of its own,
+# where the pid file, spool and log paths of slurm.conf are bind mounts of n2's own dirs.
+install -d -m 0755 "$N2RUN" /var/spool/slurmd-n2 /var/log/slurm/n2
+if ! pid_alive "$SLURMD2_PF" slurmd; then
+  (cd / && unshare -m --propagation private sh -c "
+     mount --bind '$N2RUN' '$RUN' && mount --bind /var/spool/slurmd-n2 /var/spool/slurmd &&
+     mount --bind /var/log/slurm/n2 /var/log/slurm &&
+     exec nsenter --net=/run/netns/$N2NS /usr/sbin/slurmd -N n2") \
+    || die "slurmd -N n2 did not start (see /var/log/slurm/n2/slurmd.log)"
+  log "slurmd n2 started"
+fi
+n2_state() { timeout 10 sinfo -h -n n2 -o '%T' 2>/dev/null | head -1; }
+n2_usable() {
+  case "$(n2_state)" in
+    idle|mixed|allocated|completing) return 0 ;;
+    down*|drain*|fail*) scontrol update NodeName=n2 State=RESUME >/dev/null 2>&1 || true ;;
+  esac
+  return 1
+}
+wait_for 60 n2_usable || die "node n2 not usable: $(n2_state) ($(scontrol show node n2 2>/dev/null | grep -o 'Reason=.*'))"
+TJ=$(now)
+timeout 60 sbatch -p pair -w n2 -t 1 --mem=32M -J vmpilot-testbed-n2 -o /dev/null --wrap true >"$TMP/n2job" 2>>"$LOG" \
+  || die "sbatch -w n2"
+N2J=$(grep -oE '[0-9]+' "$TMP/n2job" | tail -1)
+wait_for 60 job_done "$N2J" || die "job $N2J on n2 did not end ($(job_state "$N2J"))"
+[ "$(job_state "$N2J")" = COMPLETED ] || die "job $N2J on n2: $(job_state "$N2J")"
+log "node n2: $(n2_state), batch job ${N2J} ok in $(since "$TJ")s"
+
 
 # check 1: a trivial srun step
 TJ=$(now)
@@ -351,6 +401,7 @@ QEV=$(qemu-system-x86_64 --version | awk 'NR==1{print $4}')
 cat <<EOF
 vmpilot test bed READY in $(since "$T0")s
   slurm     $SLV, node $NODE ($(node_state)), $PT, partitions: low (default, preemptable, GraceTime=${TESTBED_GRACETIME}s) high
+            node n2 ($(n2_state)) in netns $N2NS at $N2ADDR, slurmd pid $(pid_of "$SLURMD2_PF"), partition pair ($NODE + n2)
             slurmctld pid $(pid_of "$CTLD_PF"), slurmd pid $(pid_of "$SLURMD_PF"), munged pid $(pid_of "$MUNGE_PF")
             Epilog $ETC/epilog.sh -> hooks in $ETC/epilog.d/ ; TaskProlog $ETC/task-prolog.sh (PBS simulation for pbs-* jobs)
   libvirt   $LVV, qemu $QEV (TCG), libvirtd pid $(pid_of "$LV_PF"), virtlogd pid $(pid_of "$VL_PF")
