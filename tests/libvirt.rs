@@ -24,6 +24,10 @@ const LIBVIRTD_PID: &str = "/run/vmpilot-testbed/libvirtd.pid";
 const NS: &str = "https://vmpilot.dev/xmlns/lease/1";
 /// TCG boot to VMPILOT-GUEST-READY is 6–7 s alone; allow for parallel tests on 2 cores.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+/// `host.guest_overhead` of the test nodes, MiB. Fencing caps each guest's memory at its size
+/// plus this, so it must cover QEMU itself: a 128 MiB TCG test guest's QEMU has ~180 MiB
+/// resident once booted.
+const OVERHEAD_MIB: u64 = 192;
 
 /// Should real-libvirt tests run? Prints the reason when not.
 fn enabled(test: &str) -> bool {
@@ -104,7 +108,7 @@ impl LvNode {
         std::fs::write(&pool, "5\n").unwrap();
         let text = format!(
             "state_dir = \"{}\"\nnode_name = \"lvnode\"\n\n[lease]\ngrace = \"{grace}\"\nlock_timeout = \"5s\"\nmax_guests = 4\n\n\
-             [host]\nbackend = \"libvirt\"\non_unreserve = \"{policy}\"\nhost_reserve = \"256M\"\nguest_overhead = \"32M\"\n\n\
+             [host]\nbackend = \"libvirt\"\non_unreserve = \"{policy}\"\nhost_reserve = \"256M\"\nguest_overhead = \"{OVERHEAD_MIB}M\"\n\n\
              [host.libvirt]\nuri = \"{URI}\"\nhugepages = true\nhugepages_path = \"{}\"\n\n[log]\nlevel = \"debug\"\n",
             dir.path().join("state").display(),
             pool.display()
@@ -455,7 +459,8 @@ fn guests_and_budget_are_read_through_the_api() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("needs 1073741856 MiB") && e.contains("256 MiB host reserve"),
+        e.contains(&format!("needs {} MiB", (1u64 << 30) + OVERHEAD_MIB))
+            && e.contains("256 MiB host reserve"),
         "{e}"
     );
     assert_eq!(lv.pool(), "5");
@@ -678,4 +683,120 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     assert!(err.contains("watching guest events again"), "{err}");
     let r = lv.node.record("lvr").unwrap();
     assert_restored(&lv, &r);
+}
+
+/// `virsh vcpupin` / `emulatorpin` of a running domain: the CPU list of each line, e.g.
+/// `["0-1"]` (one entry per vCPU, or the emulator's one).
+fn pinning(cmd: &str, name: &str) -> Vec<String> {
+    virsh_ok(&[cmd, name, "--live"])
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("Affinity") && !l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect()
+}
+
+/// `hard_limit` from `virsh memtune`: KiB, or `unlimited`.
+fn hard_limit(name: &str) -> String {
+    virsh_ok(&["memtune", name, "--live"])
+        .lines()
+        .find_map(|l| l.strip_prefix("hard_limit"))
+        .and_then(|v| v.split(':').nth(1))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The CPUs this test process may run on (the pilot it starts inherits them), as a libvirt
+/// list of the first `n`.
+fn first_cpus(n: usize) -> String {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<String> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .take(n)
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(cpus.len(), n, "this machine has fewer than {n} CPUs");
+    cpus.join(",")
+}
+
+/// Issue 4, fencing: a guest of the lease started during the lease is pinned (vCPUs and
+/// emulator threads) to exactly the lease's cpuset, with its memory capped at its size +
+/// the per-guest overhead, through its start event; a guest without metadata keeps its
+/// pinning and limits.
+#[test]
+fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
+    if !enabled("a_lease_s_guests_are_fenced_to_its_cpus_and_memory") {
+        return;
+    }
+    let mut lv = LvNode::new("fence", "destroy", "30s", false);
+    let bystander = lv.start_guest("bystander", None, false);
+    let before = (
+        pinning("vcpupin", &bystander),
+        pinning("emulatorpin", &bystander),
+        hard_limit(&bystander),
+    );
+    // The pilot runs on every CPU of this machine (no batch system confines it); 1 CPU
+    // leases the first of them. On a 1-CPU machine the test would prove nothing.
+    let all = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    assert!(
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| all.is_set(c).unwrap_or(false))
+            .count()
+            >= 2,
+        "the fencing test needs at least 2 CPUs"
+    );
+    let pilot = lv.pilot("lvf");
+    let r = lv.node.wait_state("lvf", "reserved");
+    let lease_cpus = first_cpus(1);
+    assert_eq!(
+        r["baseline"]["cpuset"],
+        serde_json::json!([lease_cpus.parse::<u32>().unwrap()]),
+        "{r}"
+    );
+    let epoch = r["epoch"].as_u64().unwrap();
+    let g = lv.start_guest("g", Some(("lvf", epoch)), false);
+    let until = Instant::now() + Duration::from_secs(10);
+    while pinning("vcpupin", &g) != [lease_cpus.clone()] {
+        assert!(
+            Instant::now() < until,
+            "{g} not pinned to CPU {lease_cpus} within 10 s of its start: {:?}\nrecord: {:?}",
+            pinning("vcpupin", &g),
+            lv.node.record("lvf")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pinning("emulatorpin", &g), [lease_cpus]);
+    // The hard limit is set last; the pinning above may be seen a moment before it.
+    let want = ((128 + OVERHEAD_MIB) * 1024).to_string();
+    while hard_limit(&g) != want {
+        assert!(
+            Instant::now() < until,
+            "{g}'s hard limit is {}, not {want} KiB",
+            hard_limit(&g)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (
+            pinning("vcpupin", &bystander),
+            pinning("emulatorpin", &bystander),
+            hard_limit(&bystander)
+        ),
+        before,
+        "a guest without metadata is never touched"
+    );
+    assert_eq!(before.2, "unlimited", "{before:?}");
+    // Only live values changed: the guest's definition is as its owner wrote it.
+    assert!(
+        !virsh_ok(&["dumpxml", "--inactive", &g]).contains("<cputune>"),
+        "the persistent definition was changed"
+    );
+    assert!(
+        lv.node.record("lvf").unwrap()["last_error"].is_null(),
+        "fenced and within budget: nothing to report"
+    );
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("guest fenced"), "{err}");
+    assert_restored(&lv, &lv.node.record("lvf").unwrap());
 }
