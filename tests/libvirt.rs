@@ -800,3 +800,130 @@ fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
     assert!(err.contains("guest fenced"), "{err}");
     assert_restored(&lv, &lv.node.record("lvf").unwrap());
 }
+
+/// Event types waiting in the node's spool, oldest first.
+fn spooled_types(lv: &LvNode) -> Vec<String> {
+    let dir = lv.node.state_dir().join("spool");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p: &PathBuf| p.extension().is_some_and(|x| x == "json"));
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<Value>(&std::fs::read(p).ok()?).ok())
+        .filter_map(|v| {
+            v.get("type")
+                .or_else(|| v.get("body").and_then(|b| b.get("type")))
+                .and_then(|t| t.as_str())
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Stop the test bed's libvirtd (`pid`) and wait until it is gone; its guests keep running.
+fn stop_libvirtd(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while libvirtd_pid() == Some(pid) && !is_zombie(pid) {
+        assert!(Instant::now() < until, "libvirtd {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 4, failure handling: libvirtd is down when the lease ends. The pilot retries within
+/// the grace, then fails loudly (record `failed`, exit 6, a `failed` event spooled) and
+/// leaves the host as it is; once libvirtd is back, `vmpilot recover` stops the guest and
+/// restores the host values exactly.
+#[test]
+fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
+    if !enabled("libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease") {
+        return;
+    }
+    let mut lv = LvNode::new("downatend", "destroy", "6s", true);
+    let _guard = RestartGuard;
+    // A coordinator that never answers: events stay in the spool, where the test reads them.
+    let secret = lv.node.secret_file("0123456789abcdef0123456789abcdef");
+    let mut text = std::fs::read_to_string(&lv.node.config).unwrap();
+    text.push_str(&format!(
+        "\n[coordinator]\nurl = \"http://127.0.0.1:{}\"\nsecret_file = \"{}\"\ntimeout = \"1s\"\n",
+        common::coordinator::free_port(),
+        secret.display()
+    ));
+    std::fs::write(&lv.node.config, text).unwrap();
+    let pid = libvirtd_pid().unwrap_or_else(|| {
+        panic!("no live libvirtd in {LIBVIRTD_PID}: this test stops the test bed's libvirtd (tests/testbed/up.sh)")
+    });
+    let pilot = lv.pilot("lvd");
+    let epoch = lv.node.wait_state("lvd", "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let g = lv.start_guest("g", Some(("lvd", epoch)), false);
+    stop_libvirtd(pid);
+    let signalled = Instant::now();
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    let took = signalled.elapsed();
+    assert_eq!(code, 6, "ended by a signal, node NOT restored: {err}");
+    assert!(
+        took < Duration::from_secs(6 + 5),
+        "the pilot gave up after {took:?}, not within the 6 s grace"
+    );
+    assert!(
+        err.contains("cannot list the lease's guests; retrying"),
+        "it retried: {err}"
+    );
+    assert!(
+        err.contains("node NOT restored") && err.contains("vmpilot recover"),
+        "{err}"
+    );
+    let r = lv.node.record("lvd").unwrap();
+    assert_eq!(r["state"], "failed", "{r}");
+    let last = r["last_error"].as_str().unwrap();
+    assert!(
+        last.contains("gave up after") && last.contains("not reachable"),
+        "{last}"
+    );
+    assert_eq!(
+        lv.pool(),
+        "261",
+        "the pool stays grown while the guest may run"
+    );
+    assert_eq!(
+        spooled_types(&lv).last().map(String::as_str),
+        Some("failed"),
+        "{:?}",
+        spooled_types(&lv)
+    );
+    start_libvirtd();
+    assert_eq!(
+        domstate(&g),
+        "running (booted)",
+        "the guest outlived libvirtd"
+    );
+    let out = lv.node.run(&["recover"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let r = lv.node.record("lvd").unwrap();
+    assert_eq!(
+        history(&r)[history(&r).len() - 4..],
+        ["unreserving", "failed", "unreserving", "unreserved"],
+        "{r}"
+    );
+    assert_eq!(fates(&r), [(g.clone(), "destroyed".to_string())], "{r}");
+    // `shut off (destroyed)`, or `(daemon)` when the destroy raced libvirtd's reconnection
+    // to the guest's QEMU right after its start: libvirt then records its own reason.
+    assert!(domstate(&g).starts_with("shut off"), "{}", domstate(&g));
+    assert_restored(&lv, &r);
+    assert_eq!(
+        spooled_types(&lv).last().map(String::as_str),
+        Some("recovered"),
+        "{:?}",
+        spooled_types(&lv)
+    );
+}
