@@ -927,3 +927,98 @@ fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
         spooled_types(&lv)
     );
 }
+
+const REAL_POOL: &str = "/proc/sys/vm/nr_hugepages";
+
+fn real_pool() -> u64 {
+    std::fs::read_to_string(REAL_POOL)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `HugePages_Total` from /proc/meminfo: what the kernel really set aside.
+fn meminfo_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Total:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("/proc/meminfo has no HugePages_Total")
+}
+
+/// Puts the machine-wide pool back to what it was even when the test fails half-way.
+struct PoolGuard(u64);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        if real_pool() != self.0 {
+            let _ = std::fs::write(REAL_POOL, format!("{}\n", self.0));
+        }
+    }
+}
+
+/// Issue 4, hugepages on the real kernel: reserve grows `/proc/sys/vm/nr_hugepages` by the
+/// lease's memory in 2 MiB pages and the kernel really sets them aside; release restores the
+/// exact value before. The pool is machine-wide, so this takes a lock of its own besides the
+/// suite's (no other test writes the real pool).
+#[test]
+fn the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly() {
+    use vmpilot::host::{Host, LeaseShare, libvirt::LibvirtHost};
+    if !enabled("the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly") {
+        return;
+    }
+    let lv = LvNode::new("realpool", "destroy", "10s", false);
+    let pool_lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("vmpilot-real-hugepages.lock"))
+        .unwrap();
+    pool_lock.lock().unwrap();
+    let writable = std::fs::OpenOptions::new().write(true).open(REAL_POOL);
+    assert!(
+        writable.is_ok(),
+        "{REAL_POOL} is not writable ({:?}): the test bed runs as root on a machine whose /proc/sys is writable",
+        writable.err()
+    );
+    let text = std::fs::read_to_string(&lv.node.config).unwrap();
+    let stand_in = lv
+        .node
+        .dir
+        .path()
+        .join("nr_hugepages")
+        .display()
+        .to_string();
+    std::fs::write(&lv.node.config, text.replace(&stand_in, REAL_POOL)).unwrap();
+    let config = vmpilot::config::Config::load(&lv.node.config, true, &Default::default()).unwrap();
+    assert_eq!(config.host.libvirt.hugepages_path, Path::new(REAL_POOL));
+    let host = LibvirtHost::open(&config).unwrap();
+    let before = real_pool();
+    let _restore = PoolGuard(before);
+    let lease: vmpilot::lease::record::LeaseId = "realpool".parse().unwrap();
+    let baseline = host
+        .reserve(&LeaseShare {
+            lease_id: lease.clone(),
+            epoch: 1,
+            memory_mib: 64,
+            cpus: 1,
+            max_guests: 1,
+        })
+        .unwrap();
+    assert_eq!(baseline["hugepages"]["before"], before, "{baseline}");
+    assert_eq!(baseline["hugepages"]["added"], 32, "{baseline}");
+    assert_eq!(real_pool(), before + 32, "64 MiB = 32 pages of 2 MiB");
+    assert_eq!(
+        meminfo_hugepages(),
+        before + 32,
+        "the kernel set them aside"
+    );
+    host.release(&lease, Some(&baseline)).unwrap();
+    assert_eq!(real_pool(), before, "restored exactly");
+    assert_eq!(meminfo_hugepages(), before);
+    // Releasing again is harmless and changes nothing.
+    host.release(&lease, Some(&baseline)).unwrap();
+    assert_eq!(real_pool(), before);
+}
