@@ -4,9 +4,9 @@
 //!
 //! Runs only when `VMPILOT_IT` contains `libvirt` (CI sets `VMPILOT_IT=slurm,libvirt`);
 //! otherwise each test prints why it is skipped. When it is asked for, a libvirtd that does
-//! not answer is a failure. Every test names its domains `vmpilot-it-<test>-<pid>` and
-//! removes them in a drop guard; tests take a shared file lock, and the one that restarts
-//! libvirtd takes it exclusively.
+//! not answer is a failure. Every test names its domains `vmpilot-it-<test>-<pid>` and its
+//! leases `<id>-<pid>` (see [`lease_id`]), and removes its domains in a drop guard; tests
+//! take a shared file lock, and the ones that stop libvirtd take it exclusively.
 
 mod common;
 
@@ -28,6 +28,13 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 /// plus this, so it must cover QEMU itself: a 128 MiB TCG test guest's QEMU has ~180 MiB
 /// resident once booted.
 const OVERHEAD_MIB: u64 = 192;
+
+/// A lease id unique to this test process. Guests belong to a lease by the id in their
+/// metadata, so two test runs at once (other checkouts share the test bed's libvirtd) must
+/// never use the same ids, or one run's pilot stops or fences the other's guests.
+fn lease_id(short: &str) -> String {
+    format!("{short}-{}", std::process::id())
+}
 
 /// Should real-libvirt tests run? Prints the reason when not.
 fn enabled(test: &str) -> bool {
@@ -261,14 +268,15 @@ fn shutdown_policy_stops_owned_guests_and_spares_the_rest() {
     if !enabled("shutdown_policy_stops_owned_guests_and_spares_the_rest") {
         return;
     }
+    let lease = lease_id("lv1");
     let mut lv = LvNode::new("shutdown", "shutdown", "20s", false);
-    let pilot = lv.pilot("lv1");
-    let r = lv.node.wait_state("lv1", "reserved");
+    let pilot = lv.pilot(&lease);
+    let r = lv.node.wait_state(lease.as_str(), "reserved");
     assert_eq!(lv.pool(), "261", "512 MiB = 256 pages added to 5");
     assert_eq!(r["baseline"]["hugepages"]["before"], 5, "{r}");
     let epoch = r["epoch"].as_u64().unwrap();
-    let a = lv.start_guest("a", Some(("lv1", epoch)), false);
-    let b = lv.start_guest("b", Some(("lv1", epoch)), false);
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), false);
     let bystander = lv.start_guest("bystander", None, false);
     // ACPI shutdown works only once the guest's acpid runs.
     lv.wait_ready(&a);
@@ -276,7 +284,7 @@ fn shutdown_policy_stops_owned_guests_and_spares_the_rest() {
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv1").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         history(&r),
         ["reserving", "reserved", "unreserving", "unreserved"]
@@ -304,17 +312,18 @@ fn a_guest_ignoring_acpi_is_destroyed_when_the_grace_runs_out() {
     if !enabled("a_guest_ignoring_acpi_is_destroyed_when_the_grace_runs_out") {
         return;
     }
+    let lease = lease_id("lv5");
     let mut lv = LvNode::new("stubborn", "shutdown", "12s", false);
-    let pilot = lv.pilot("lv5");
-    let epoch = lv.node.wait_state("lv5", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let stubborn = lv.start_guest("stubborn", Some(("lv5", epoch)), true);
+    let stubborn = lv.start_guest("stubborn", Some((lease.as_str(), epoch)), true);
     lv.wait_ready(&stubborn);
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv5").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         fates(&r),
         [(stubborn.clone(), "destroyed".to_string())],
@@ -335,17 +344,18 @@ fn suspend_policy_managed_saves_owned_guests() {
     if !enabled("suspend_policy_managed_saves_owned_guests") {
         return;
     }
+    let lease = lease_id("lv2");
     let mut lv = LvNode::new("suspend", "suspend", "30s", false);
-    let pilot = lv.pilot("lv2");
-    let epoch = lv.node.wait_state("lv2", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let a = lv.start_guest("a", Some(("lv2", epoch)), false);
-    let b = lv.start_guest("b", Some(("lv2", epoch)), true);
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), true);
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv2").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         fates(&r),
         [
@@ -368,13 +378,14 @@ fn destroy_policy_stops_owned_guests_at_once() {
     if !enabled("destroy_policy_stops_owned_guests_at_once") {
         return;
     }
+    let lease = lease_id("lv3");
     let mut lv = LvNode::new("destroy", "destroy", "60s", false);
-    let pilot = lv.pilot("lv3");
-    let epoch = lv.node.wait_state("lv3", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let a = lv.start_guest("a", Some(("lv3", epoch)), false);
-    let b = lv.start_guest("b", Some(("lv3", epoch)), false);
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), false);
     let other = lv.start_guest("other", Some(("someone-else", 1)), false);
     let started = Instant::now();
     pilot.signal(Signal::SIGTERM);
@@ -385,7 +396,7 @@ fn destroy_policy_stops_owned_guests_at_once() {
         "destroy does not wait for the 60 s grace: {:?}",
         started.elapsed()
     );
-    let r = lv.node.record("lv3").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         fates(&r),
         [
@@ -408,10 +419,11 @@ fn guests_and_budget_are_read_through_the_api() {
     if !enabled("guests_and_budget_are_read_through_the_api") {
         return;
     }
+    let lease = lease_id("lvb");
     let mut lv = LvNode::new("budget", "destroy", "10s", false);
     let config = vmpilot::config::Config::load(&lv.node.config, true, &Default::default()).unwrap();
     let host = LibvirtHost::open(&config).unwrap();
-    let name = lv.start_guest("g", Some(("lvb", 4)), false);
+    let name = lv.start_guest("g", Some((lease.as_str(), 4)), false);
     let g = host
         .guests()
         .unwrap()
@@ -421,9 +433,9 @@ fn guests_and_budget_are_read_through_the_api() {
     assert!(g.running);
     assert_eq!((g.memory_mib, g.vcpus), (128, 1));
     let owner = g.owner.unwrap();
-    assert_eq!((owner.lease_id.as_str(), owner.epoch), ("lvb", 4));
+    assert_eq!((owner.lease_id.as_str(), owner.epoch), (lease.as_str(), 4));
     let mut share = LeaseShare {
-        lease_id: "lvb".parse().unwrap(),
+        lease_id: lease.parse().unwrap(),
         epoch: 4,
         memory_mib: 64,
         cpus: 1,
@@ -513,16 +525,17 @@ fn a_lease_survives_a_libvirtd_restart() {
     if !enabled("a_lease_survives_a_libvirtd_restart") {
         return;
     }
+    let lease = lease_id("lv4");
     let mut lv = LvNode::new("restart", "destroy", "30s", true);
     let _guard = RestartGuard;
     let pid = libvirtd_pid().unwrap_or_else(|| {
         panic!("no live libvirtd in {LIBVIRTD_PID}: this test restarts the test bed's libvirtd (tests/testbed/up.sh)")
     });
-    let pilot = lv.pilot("lv4");
-    let epoch = lv.node.wait_state("lv4", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let g = lv.start_guest("g", Some(("lv4", epoch)), false);
+    let g = lv.start_guest("g", Some((lease.as_str(), epoch)), false);
     // Stop libvirtd (its guests keep running) and wait until it is gone.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
@@ -542,7 +555,7 @@ fn a_lease_survives_a_libvirtd_restart() {
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv4").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(fates(&r), [(g.clone(), "destroyed".to_string())], "{r}");
     assert!(domstate(&g).starts_with("shut off"));
     assert_restored(&lv, &r);
@@ -613,19 +626,20 @@ fn a_guest_over_the_lease_budget_is_caught_by_its_start_event() {
     if !enabled("a_guest_over_the_lease_budget_is_caught_by_its_start_event") {
         return;
     }
+    let lease = lease_id("lvo");
     let mut lv = LvNode::new("overbudget", "destroy", "30s", false);
     set_over_budget(&lv, "stop-newest");
-    let pilot = small_pilot(&lv, "lvo");
-    let epoch = lv.node.wait_state("lvo", "reserved")["epoch"]
+    let pilot = small_pilot(&lv, &lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
     let bystander = lv.start_guest("bystander", None, false);
-    let first = lv.start_guest("first", Some(("lvo", epoch)), false);
+    let first = lv.start_guest("first", Some((lease.as_str(), epoch)), false);
     // 128 MiB of 200: within budget, nothing happens.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(lv.node.record("lvo").unwrap()["last_error"].is_null());
-    let second = lv.start_guest("second", Some(("lvo", epoch)), false);
-    let (report, took) = wait_over_budget(&lv, "lvo", Duration::from_secs(10));
+    assert!(lv.node.record(&lease).unwrap()["last_error"].is_null());
+    let second = lv.start_guest("second", Some((lease.as_str(), epoch)), false);
+    let (report, took) = wait_over_budget(&lv, &lease, Duration::from_secs(10));
     eprintln!("over budget detected {took:?} after `virsh start` returned");
     assert!(took < Duration::from_secs(5), "detected after {took:?}");
     assert!(
@@ -640,7 +654,7 @@ fn a_guest_over_the_lease_budget_is_caught_by_its_start_event() {
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("lease over budget"), "{err}");
-    let r = lv.node.record("lvo").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_restored(&lv, &r);
 }
 
@@ -650,14 +664,15 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     if !enabled("the_budget_watch_reconnects_after_a_libvirtd_restart") {
         return;
     }
+    let lease = lease_id("lvr");
     let mut lv = LvNode::new("obrestart", "destroy", "30s", true);
     let _guard = RestartGuard;
     let pid = libvirtd_pid().unwrap_or_else(|| {
         panic!("no live libvirtd in {LIBVIRTD_PID}: this test restarts the test bed's libvirtd (tests/testbed/up.sh)")
     });
     set_over_budget(&lv, "report");
-    let pilot = small_pilot(&lv, "lvr");
-    let epoch = lv.node.wait_state("lvr", "reserved")["epoch"]
+    let pilot = small_pilot(&lv, &lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
@@ -669,9 +684,9 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     start_libvirtd();
     // The watch retries at most every 5 s; give it that before starting guests.
     std::thread::sleep(Duration::from_secs(6));
-    let a = lv.start_guest("a", Some(("lvr", epoch)), false);
-    let b = lv.start_guest("b", Some(("lvr", epoch)), false);
-    let (report, took) = wait_over_budget(&lv, "lvr", Duration::from_secs(10));
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), false);
+    let (report, took) = wait_over_budget(&lv, &lease, Duration::from_secs(10));
     eprintln!("over budget detected {took:?} after `virsh start` returned");
     assert!(took < Duration::from_secs(5), "detected after {took:?}");
     assert!(report.ends_with("(reported)"), "{report}");
@@ -681,7 +696,7 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("watching guest events again"), "{err}");
-    let r = lv.node.record("lvr").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_restored(&lv, &r);
 }
 
@@ -727,6 +742,7 @@ fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
     if !enabled("a_lease_s_guests_are_fenced_to_its_cpus_and_memory") {
         return;
     }
+    let lease = lease_id("lvf");
     let mut lv = LvNode::new("fence", "destroy", "30s", false);
     let bystander = lv.start_guest("bystander", None, false);
     let before = (
@@ -744,8 +760,8 @@ fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
             >= 2,
         "the fencing test needs at least 2 CPUs"
     );
-    let pilot = lv.pilot("lvf");
-    let r = lv.node.wait_state("lvf", "reserved");
+    let pilot = lv.pilot(&lease);
+    let r = lv.node.wait_state(lease.as_str(), "reserved");
     let lease_cpus = first_cpus(1);
     assert_eq!(
         r["baseline"]["cpuset"],
@@ -753,14 +769,14 @@ fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
         "{r}"
     );
     let epoch = r["epoch"].as_u64().unwrap();
-    let g = lv.start_guest("g", Some(("lvf", epoch)), false);
+    let g = lv.start_guest("g", Some((lease.as_str(), epoch)), false);
     let until = Instant::now() + Duration::from_secs(10);
     while pinning("vcpupin", &g) != [lease_cpus.clone()] {
         assert!(
             Instant::now() < until,
             "{g} not pinned to CPU {lease_cpus} within 10 s of its start: {:?}\nrecord: {:?}",
             pinning("vcpupin", &g),
-            lv.node.record("lvf")
+            lv.node.record(&lease)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -791,14 +807,14 @@ fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
         "the persistent definition was changed"
     );
     assert!(
-        lv.node.record("lvf").unwrap()["last_error"].is_null(),
+        lv.node.record(&lease).unwrap()["last_error"].is_null(),
         "fenced and within budget: nothing to report"
     );
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("guest fenced"), "{err}");
-    assert_restored(&lv, &lv.node.record("lvf").unwrap());
+    assert_restored(&lv, &lv.node.record(&lease).unwrap());
 }
 
 /// Event types waiting in the node's spool, oldest first.
@@ -840,6 +856,7 @@ fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
     if !enabled("libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease") {
         return;
     }
+    let lease = lease_id("lvd");
     let mut lv = LvNode::new("downatend", "destroy", "6s", true);
     let _guard = RestartGuard;
     // A coordinator that never answers: events stay in the spool, where the test reads them.
@@ -854,11 +871,11 @@ fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
     let pid = libvirtd_pid().unwrap_or_else(|| {
         panic!("no live libvirtd in {LIBVIRTD_PID}: this test stops the test bed's libvirtd (tests/testbed/up.sh)")
     });
-    let pilot = lv.pilot("lvd");
-    let epoch = lv.node.wait_state("lvd", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let g = lv.start_guest("g", Some(("lvd", epoch)), false);
+    let g = lv.start_guest("g", Some((lease.as_str(), epoch)), false);
     stop_libvirtd(pid);
     let signalled = Instant::now();
     pilot.signal(Signal::SIGTERM);
@@ -877,7 +894,7 @@ fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
         err.contains("node NOT restored") && err.contains("vmpilot recover"),
         "{err}"
     );
-    let r = lv.node.record("lvd").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(r["state"], "failed", "{r}");
     let last = r["last_error"].as_str().unwrap();
     assert!(
@@ -909,7 +926,7 @@ fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
         common::stdout(&out),
         common::stderr(&out)
     );
-    let r = lv.node.record("lvd").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         history(&r)[history(&r).len() - 4..],
         ["unreserving", "failed", "unreserving", "unreserved"],
