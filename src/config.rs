@@ -162,6 +162,7 @@ struct RawLibvirt {
     uri: Option<String>,
     hugepages: Option<bool>,
     hugepages_path: Option<PathBuf>,
+    fence: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -279,6 +280,9 @@ pub struct LibvirtConfig {
     pub hugepages: bool,
     /// The sysctl file holding the 2 MiB hugepage pool size (injectable for tests).
     pub hugepages_path: PathBuf,
+    /// Pin each lease's running guests to the lease's CPUs and cap each one's memory at its
+    /// size + `host.guest_overhead`, so the lease's guests cannot reach beyond what it holds.
+    pub fence: bool,
 }
 
 /// `[host.xen]`.
@@ -489,6 +493,10 @@ fn resolve_lease(
     })
 }
 
+/// The least per-guest overhead a fenced libvirt guest may be given: QEMU's own memory
+/// beyond the guest's (measured ~50 MiB for a 128 MiB TCG guest) must fit under the cap.
+const MIN_FENCED_OVERHEAD: MemSize = MemSize(64);
+
 fn resolve_host(raw: RawHost, o: &Overrides, invalid: &Invalid) -> Result<HostConfig, ConfigError> {
     let simulated = SimulatedConfig {
         memory: raw.simulated.memory.unwrap_or(MemSize(16 * 1024)),
@@ -515,15 +523,28 @@ fn resolve_host(raw: RawHost, o: &Overrides, invalid: &Invalid) -> Result<HostCo
             ));
         }
     }
+    let guest_overhead = raw.guest_overhead.unwrap_or(MemSize(128));
+    let libvirt = resolve_libvirt(raw.libvirt, invalid)?;
+    if backend == HostBackend::Libvirt && libvirt.fence && guest_overhead < MIN_FENCED_OVERHEAD {
+        return Err(invalid(
+            "host.guest_overhead",
+            format!(
+                "{guest_overhead} is below {MIN_FENCED_OVERHEAD}: with host.libvirt.fence = true each guest's memory is capped \
+                 at its size + this overhead, and QEMU alone needs more (~50 MiB measured), so every guest would fail to be \
+                 fenced or be killed by the kernel"
+            ),
+            "raise host.guest_overhead (128M is the default), or set host.libvirt.fence = false",
+        ));
+    }
     Ok(HostConfig {
         backend,
         on_unreserve: raw.on_unreserve.unwrap_or(UnreservePolicy::Shutdown),
         over_budget: raw.over_budget.unwrap_or(OverBudgetPolicy::Report),
         exclusive: raw.exclusive.unwrap_or(false),
         host_reserve,
-        guest_overhead: raw.guest_overhead.unwrap_or(MemSize(128)),
+        guest_overhead,
         simulated,
-        libvirt: resolve_libvirt(raw.libvirt, invalid)?,
+        libvirt,
         xen: resolve_xen(raw.xen, invalid)?,
     })
 }
@@ -551,6 +572,7 @@ fn resolve_libvirt(raw: RawLibvirt, invalid: &Invalid) -> Result<LibvirtConfig, 
         uri,
         hugepages: raw.hugepages.unwrap_or(false),
         hugepages_path,
+        fence: raw.fence.unwrap_or(true),
     })
 }
 
@@ -806,6 +828,24 @@ mod tests {
     fn shipped_example_config_is_valid() {
         let text = include_str!("../docs/vmpilot.example.toml");
         resolve(text).unwrap();
+    }
+
+    #[test]
+    fn libvirt_fencing_is_on_by_default_and_needs_room_for_qemu() {
+        let c = resolve("").unwrap();
+        assert!(c.host.libvirt.fence);
+        let c = resolve("[host.libvirt]\nfence = false\n").unwrap();
+        assert!(!c.host.libvirt.fence);
+        let e = err("[host]\nguest_overhead = \"32M\"\n");
+        assert!(
+            e.contains("`host.guest_overhead`") && e.contains("host.libvirt.fence = false"),
+            "{e}"
+        );
+        // A small overhead is fine when nothing is capped, or on another backend.
+        resolve("[host]\nguest_overhead = \"32M\"\n[host.libvirt]\nfence = false\n").unwrap();
+        resolve("[host]\nbackend = \"xen\"\nguest_overhead = \"32M\"\n").unwrap();
+        let e = err("[host.libvirt]\nfence = \"yes\"\n");
+        assert!(e.contains("fence"), "{e}");
     }
 
     #[test]

@@ -620,8 +620,8 @@ impl Pilot {
         }
     }
 
-    /// Check the lease's guests against its budget whenever the host says they changed
-    /// (and once at the start), in a task of its own so a slow hypervisor never delays a
+    /// Fence the lease's guests and check them against its budget whenever the host says
+    /// they changed (and once at the start), in a task of its own so a slow hypervisor never delays a
     /// signal or the deadline. Violations come back on the channel, each reported once.
     fn start_budget_watch(&self) -> (mpsc::Receiver<crate::host::budget::Violation>, BudgetWatch) {
         let (found, rx) = mpsc::channel(8);
@@ -637,6 +637,7 @@ impl Pilot {
         let task = tokio::spawn(watch_budget(
             self.releaser.host.clone(),
             share,
+            self.record.baseline.clone(),
             (host.over_budget, host.exclusive),
             stop.clone(),
             found,
@@ -698,6 +699,7 @@ impl Drop for OffRuntime {
 async fn watch_budget(
     host: Arc<dyn crate::host::Host>,
     share: LeaseShare,
+    baseline: Option<serde_json::Value>,
     (policy, exclusive): (crate::config::OverBudgetPolicy, bool),
     stop: Arc<AtomicBool>,
     found: mpsc::Sender<crate::host::budget::Violation>,
@@ -729,9 +731,9 @@ async fn watch_budget(
     let mut last: Option<crate::host::budget::Violation> = None;
     while changes.recv().await.is_some() {
         while changes.try_recv().is_ok() {}
-        let (h, s, st) = (host.clone(), share.clone(), stop.clone());
+        let (h, s, b, st) = (host.clone(), share.clone(), baseline.clone(), stop.clone());
         let checking = tokio::task::spawn_blocking(move || {
-            crate::host::budget::enforce(h.as_ref(), &s, policy, exclusive, &st)
+            crate::host::budget::enforce(h.as_ref(), &s, b.as_ref(), policy, exclusive, &st)
         });
         match tokio::time::timeout(BUDGET_CALL_LIMIT, checking).await {
             // Reported once: a lease that stays over budget is not reported at every event.

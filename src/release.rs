@@ -79,7 +79,7 @@ impl Releaser {
         match &result {
             Ok(()) => tracing::info!(lease = %record.lease_id, state = %to, "node restored"),
             Err(e) => {
-                tracing::error!(lease = %record.lease_id, state = %to, error = %e, "node NOT restored")
+                tracing::error!(lease = %record.lease_id, state = %to, error = %e, hint = "once the host answers again, run `vmpilot recover` (the batch epilog does); it finishes this lease", "node NOT restored")
             }
         }
         Ok(())
@@ -93,9 +93,11 @@ impl Releaser {
     ) -> Result<(), HostError> {
         let left = || until.saturating_duration_since(Instant::now());
         let keep = RESTORE_SHARE.min(left() / 4);
-        let guest_budget = left().saturating_sub(keep).max(Duration::from_millis(500));
-        let host = self.host.clone();
-        let guests = bounded("list guests", left(), move || host.guests()).await?;
+        let guests_until = until - keep;
+        let guests = self.guests_retrying(record, guests_until).await?;
+        let guest_budget = guests_until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500));
         let exclusive = self.config.host.exclusive;
         let mine: Vec<_> = guests
             .into_iter()
@@ -129,6 +131,48 @@ impl Releaser {
             }
         }
         self.restore(record, until).await
+    }
+
+    /// Every guest on the host, retrying until `until`: a hypervisor that is down or
+    /// restarting when the lease ends (libvirtd restarts do not stop guests) may answer
+    /// again within the grace. The last failure says how long it was tried.
+    async fn guests_retrying(
+        &self,
+        record: &LeaseRecord,
+        until: Instant,
+    ) -> Result<Vec<crate::host::Guest>, HostError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let left = until.saturating_duration_since(Instant::now());
+            let host = self.host.clone();
+            let attempt = bounded(
+                "list guests",
+                left.max(Duration::from_millis(200)),
+                move || host.guests(),
+            )
+            .await;
+            match attempt {
+                Ok(guests) => return Ok(guests),
+                Err(e) if Instant::now() + pause < until => {
+                    tracing::warn!(lease = %record.lease_id, error = %e, attempt = attempts, "cannot list the lease's guests; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(HostError::Operation {
+                        op: "list the lease's guests".into(),
+                        detail: format!(
+                            "gave up after {attempts} attempt(s) over {:.1}s; the lease's guests may still run and the host is \
+                             not restored. Last error: {e}",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    });
+                }
+            }
+        }
     }
 
     /// Give the lease's share back, retrying within the budget.

@@ -4,9 +4,9 @@
 //!
 //! Runs only when `VMPILOT_IT` contains `libvirt` (CI sets `VMPILOT_IT=slurm,libvirt`);
 //! otherwise each test prints why it is skipped. When it is asked for, a libvirtd that does
-//! not answer is a failure. Every test names its domains `vmpilot-it-<test>-<pid>` and
-//! removes them in a drop guard; tests take a shared file lock, and the one that restarts
-//! libvirtd takes it exclusively.
+//! not answer is a failure. Every test names its domains `vmpilot-it-<test>-<pid>` and its
+//! leases `<id>-<pid>` (see [`lease_id`]), and removes its domains in a drop guard; tests
+//! take a shared file lock, and the ones that stop libvirtd take it exclusively.
 
 mod common;
 
@@ -24,6 +24,17 @@ const LIBVIRTD_PID: &str = "/run/vmpilot-testbed/libvirtd.pid";
 const NS: &str = "https://vmpilot.dev/xmlns/lease/1";
 /// TCG boot to VMPILOT-GUEST-READY is 6–7 s alone; allow for parallel tests on 2 cores.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+/// `host.guest_overhead` of the test nodes, MiB. Fencing caps each guest's memory at its size
+/// plus this, so it must cover QEMU itself: a 128 MiB TCG test guest's QEMU has ~180 MiB
+/// resident once booted.
+const OVERHEAD_MIB: u64 = 192;
+
+/// A lease id unique to this test process. Guests belong to a lease by the id in their
+/// metadata, so two test runs at once (other checkouts share the test bed's libvirtd) must
+/// never use the same ids, or one run's pilot stops or fences the other's guests.
+fn lease_id(short: &str) -> String {
+    format!("{short}-{}", std::process::id())
+}
 
 /// Should real-libvirt tests run? Prints the reason when not.
 fn enabled(test: &str) -> bool {
@@ -104,7 +115,7 @@ impl LvNode {
         std::fs::write(&pool, "5\n").unwrap();
         let text = format!(
             "state_dir = \"{}\"\nnode_name = \"lvnode\"\n\n[lease]\ngrace = \"{grace}\"\nlock_timeout = \"5s\"\nmax_guests = 4\n\n\
-             [host]\nbackend = \"libvirt\"\non_unreserve = \"{policy}\"\nhost_reserve = \"256M\"\nguest_overhead = \"32M\"\n\n\
+             [host]\nbackend = \"libvirt\"\non_unreserve = \"{policy}\"\nhost_reserve = \"256M\"\nguest_overhead = \"{OVERHEAD_MIB}M\"\n\n\
              [host.libvirt]\nuri = \"{URI}\"\nhugepages = true\nhugepages_path = \"{}\"\n\n[log]\nlevel = \"debug\"\n",
             dir.path().join("state").display(),
             pool.display()
@@ -160,6 +171,19 @@ impl LvNode {
         ignore_acpi: bool,
         memory_kib: u64,
     ) -> String {
+        let name = self.define_guest(short, lease, ignore_acpi, memory_kib);
+        virsh_ok(&["start", &name]);
+        name
+    }
+
+    /// Define (not start) a tiny guest, owned by `lease` (id, epoch) if given.
+    fn define_guest(
+        &mut self,
+        short: &str,
+        lease: Option<(&str, u64)>,
+        ignore_acpi: bool,
+        memory_kib: u64,
+    ) -> String {
         let name = format!("{}-{short}", self.prefix);
         let meta = lease
             .map(|(id, epoch)| {
@@ -189,7 +213,6 @@ impl LvNode {
         std::fs::write(&xml, &out.stdout).unwrap();
         self.domains.push(name.clone());
         virsh_ok(&["define", &xml.display().to_string()]);
-        virsh_ok(&["start", &name]);
         name
     }
 
@@ -257,14 +280,15 @@ fn shutdown_policy_stops_owned_guests_and_spares_the_rest() {
     if !enabled("shutdown_policy_stops_owned_guests_and_spares_the_rest") {
         return;
     }
+    let lease = lease_id("lv1");
     let mut lv = LvNode::new("shutdown", "shutdown", "20s", false);
-    let pilot = lv.pilot("lv1");
-    let r = lv.node.wait_state("lv1", "reserved");
+    let pilot = lv.pilot(&lease);
+    let r = lv.node.wait_state(lease.as_str(), "reserved");
     assert_eq!(lv.pool(), "261", "512 MiB = 256 pages added to 5");
     assert_eq!(r["baseline"]["hugepages"]["before"], 5, "{r}");
     let epoch = r["epoch"].as_u64().unwrap();
-    let a = lv.start_guest("a", Some(("lv1", epoch)), false);
-    let b = lv.start_guest("b", Some(("lv1", epoch)), false);
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), false);
     let bystander = lv.start_guest("bystander", None, false);
     // ACPI shutdown works only once the guest's acpid runs.
     lv.wait_ready(&a);
@@ -272,7 +296,7 @@ fn shutdown_policy_stops_owned_guests_and_spares_the_rest() {
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv1").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         history(&r),
         ["reserving", "reserved", "unreserving", "unreserved"]
@@ -300,17 +324,18 @@ fn a_guest_ignoring_acpi_is_destroyed_when_the_grace_runs_out() {
     if !enabled("a_guest_ignoring_acpi_is_destroyed_when_the_grace_runs_out") {
         return;
     }
+    let lease = lease_id("lv5");
     let mut lv = LvNode::new("stubborn", "shutdown", "12s", false);
-    let pilot = lv.pilot("lv5");
-    let epoch = lv.node.wait_state("lv5", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let stubborn = lv.start_guest("stubborn", Some(("lv5", epoch)), true);
+    let stubborn = lv.start_guest("stubborn", Some((lease.as_str(), epoch)), true);
     lv.wait_ready(&stubborn);
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv5").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         fates(&r),
         [(stubborn.clone(), "destroyed".to_string())],
@@ -331,17 +356,18 @@ fn suspend_policy_managed_saves_owned_guests() {
     if !enabled("suspend_policy_managed_saves_owned_guests") {
         return;
     }
+    let lease = lease_id("lv2");
     let mut lv = LvNode::new("suspend", "suspend", "30s", false);
-    let pilot = lv.pilot("lv2");
-    let epoch = lv.node.wait_state("lv2", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let a = lv.start_guest("a", Some(("lv2", epoch)), false);
-    let b = lv.start_guest("b", Some(("lv2", epoch)), true);
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), true);
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv2").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         fates(&r),
         [
@@ -364,13 +390,14 @@ fn destroy_policy_stops_owned_guests_at_once() {
     if !enabled("destroy_policy_stops_owned_guests_at_once") {
         return;
     }
+    let lease = lease_id("lv3");
     let mut lv = LvNode::new("destroy", "destroy", "60s", false);
-    let pilot = lv.pilot("lv3");
-    let epoch = lv.node.wait_state("lv3", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let a = lv.start_guest("a", Some(("lv3", epoch)), false);
-    let b = lv.start_guest("b", Some(("lv3", epoch)), false);
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), false);
     let other = lv.start_guest("other", Some(("someone-else", 1)), false);
     let started = Instant::now();
     pilot.signal(Signal::SIGTERM);
@@ -381,7 +408,7 @@ fn destroy_policy_stops_owned_guests_at_once() {
         "destroy does not wait for the 60 s grace: {:?}",
         started.elapsed()
     );
-    let r = lv.node.record("lv3").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(
         fates(&r),
         [
@@ -404,10 +431,11 @@ fn guests_and_budget_are_read_through_the_api() {
     if !enabled("guests_and_budget_are_read_through_the_api") {
         return;
     }
+    let lease = lease_id("lvb");
     let mut lv = LvNode::new("budget", "destroy", "10s", false);
     let config = vmpilot::config::Config::load(&lv.node.config, true, &Default::default()).unwrap();
     let host = LibvirtHost::open(&config).unwrap();
-    let name = lv.start_guest("g", Some(("lvb", 4)), false);
+    let name = lv.start_guest("g", Some((lease.as_str(), 4)), false);
     let g = host
         .guests()
         .unwrap()
@@ -417,9 +445,9 @@ fn guests_and_budget_are_read_through_the_api() {
     assert!(g.running);
     assert_eq!((g.memory_mib, g.vcpus), (128, 1));
     let owner = g.owner.unwrap();
-    assert_eq!((owner.lease_id.as_str(), owner.epoch), ("lvb", 4));
+    assert_eq!((owner.lease_id.as_str(), owner.epoch), (lease.as_str(), 4));
     let mut share = LeaseShare {
-        lease_id: "lvb".parse().unwrap(),
+        lease_id: lease.parse().unwrap(),
         epoch: 4,
         memory_mib: 64,
         cpus: 1,
@@ -455,7 +483,8 @@ fn guests_and_budget_are_read_through_the_api() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("needs 1073741856 MiB") && e.contains("256 MiB host reserve"),
+        e.contains(&format!("needs {} MiB", (1u64 << 30) + OVERHEAD_MIB))
+            && e.contains("256 MiB host reserve"),
         "{e}"
     );
     assert_eq!(lv.pool(), "5");
@@ -508,16 +537,17 @@ fn a_lease_survives_a_libvirtd_restart() {
     if !enabled("a_lease_survives_a_libvirtd_restart") {
         return;
     }
+    let lease = lease_id("lv4");
     let mut lv = LvNode::new("restart", "destroy", "30s", true);
     let _guard = RestartGuard;
     let pid = libvirtd_pid().unwrap_or_else(|| {
         panic!("no live libvirtd in {LIBVIRTD_PID}: this test restarts the test bed's libvirtd (tests/testbed/up.sh)")
     });
-    let pilot = lv.pilot("lv4");
-    let epoch = lv.node.wait_state("lv4", "reserved")["epoch"]
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
-    let g = lv.start_guest("g", Some(("lv4", epoch)), false);
+    let g = lv.start_guest("g", Some((lease.as_str(), epoch)), false);
     // Stop libvirtd (its guests keep running) and wait until it is gone.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
@@ -537,7 +567,7 @@ fn a_lease_survives_a_libvirtd_restart() {
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
-    let r = lv.node.record("lv4").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_eq!(fates(&r), [(g.clone(), "destroyed".to_string())], "{r}");
     assert!(domstate(&g).starts_with("shut off"));
     assert_restored(&lv, &r);
@@ -608,19 +638,30 @@ fn a_guest_over_the_lease_budget_is_caught_by_its_start_event() {
     if !enabled("a_guest_over_the_lease_budget_is_caught_by_its_start_event") {
         return;
     }
+    let lease = lease_id("lvo");
     let mut lv = LvNode::new("overbudget", "destroy", "30s", false);
     set_over_budget(&lv, "stop-newest");
-    let pilot = small_pilot(&lv, "lvo");
-    let epoch = lv.node.wait_state("lvo", "reserved")["epoch"]
+    let pilot = small_pilot(&lv, &lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
     let bystander = lv.start_guest("bystander", None, false);
-    let first = lv.start_guest("first", Some(("lvo", epoch)), false);
+    let first = lv.start_guest("first", Some((lease.as_str(), epoch)), false);
     // 128 MiB of 200: within budget, nothing happens.
     std::thread::sleep(Duration::from_secs(2));
-    assert!(lv.node.record("lvo").unwrap()["last_error"].is_null());
-    let second = lv.start_guest("second", Some(("lvo", epoch)), false);
-    let (report, took) = wait_over_budget(&lv, "lvo", Duration::from_secs(10));
+    assert!(lv.node.record(&lease).unwrap()["last_error"].is_null());
+    // The pilot reacts to the guest's start event, which libvirt may send before `virsh
+    // start` returns: the pilot can stop the guest while libvirt still waits for its monitor,
+    // and `virsh start` then fails. Either way the guest must end up stopped.
+    let second = lv.define_guest("second", Some((lease.as_str(), epoch)), false, 131072);
+    let started = virsh(&["start", &second]);
+    if !started.status.success() {
+        eprintln!(
+            "`virsh start` lost the race with the pilot's stop: {}",
+            common::stderr(&started)
+        );
+    }
+    let (report, took) = wait_over_budget(&lv, &lease, Duration::from_secs(10));
     eprintln!("over budget detected {took:?} after `virsh start` returned");
     assert!(took < Duration::from_secs(5), "detected after {took:?}");
     assert!(
@@ -628,14 +669,18 @@ fn a_guest_over_the_lease_budget_is_caught_by_its_start_event() {
         "{report}"
     );
     assert!(report.contains(&format!("(stopped {second})")), "{report}");
-    assert_eq!(domstate(&second), "shut off (destroyed)", "the newest goes");
+    assert!(
+        domstate(&second).starts_with("shut off"),
+        "the newest goes: {}",
+        domstate(&second)
+    );
     assert_eq!(domstate(&first), "running (booted)");
     assert_eq!(domstate(&bystander), "running (booted)", "not the lease's");
     pilot.signal(Signal::SIGTERM);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("lease over budget"), "{err}");
-    let r = lv.node.record("lvo").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_restored(&lv, &r);
 }
 
@@ -645,14 +690,15 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     if !enabled("the_budget_watch_reconnects_after_a_libvirtd_restart") {
         return;
     }
+    let lease = lease_id("lvr");
     let mut lv = LvNode::new("obrestart", "destroy", "30s", true);
     let _guard = RestartGuard;
     let pid = libvirtd_pid().unwrap_or_else(|| {
         panic!("no live libvirtd in {LIBVIRTD_PID}: this test restarts the test bed's libvirtd (tests/testbed/up.sh)")
     });
     set_over_budget(&lv, "report");
-    let pilot = small_pilot(&lv, "lvr");
-    let epoch = lv.node.wait_state("lvr", "reserved")["epoch"]
+    let pilot = small_pilot(&lv, &lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
         .as_u64()
         .unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
@@ -664,9 +710,9 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     start_libvirtd();
     // The watch retries at most every 5 s; give it that before starting guests.
     std::thread::sleep(Duration::from_secs(6));
-    let a = lv.start_guest("a", Some(("lvr", epoch)), false);
-    let b = lv.start_guest("b", Some(("lvr", epoch)), false);
-    let (report, took) = wait_over_budget(&lv, "lvr", Duration::from_secs(10));
+    let a = lv.start_guest("a", Some((lease.as_str(), epoch)), false);
+    let b = lv.start_guest("b", Some((lease.as_str(), epoch)), false);
+    let (report, took) = wait_over_budget(&lv, &lease, Duration::from_secs(10));
     eprintln!("over budget detected {took:?} after `virsh start` returned");
     assert!(took < Duration::from_secs(5), "detected after {took:?}");
     assert!(report.ends_with("(reported)"), "{report}");
@@ -676,8 +722,348 @@ fn the_budget_watch_reconnects_after_a_libvirtd_restart() {
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("watching guest events again"), "{err}");
-    let r = lv.node.record("lvr").unwrap();
+    let r = lv.node.record(&lease).unwrap();
     assert_restored(&lv, &r);
+}
+
+/// `virsh vcpupin` / `emulatorpin` of a running domain: the CPU list of each line, e.g.
+/// `["0-1"]` (one entry per vCPU, or the emulator's one).
+fn pinning(cmd: &str, name: &str) -> Vec<String> {
+    virsh_ok(&[cmd, name, "--live"])
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("Affinity") && !l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect()
+}
+
+/// `hard_limit` from `virsh memtune`: KiB, or `unlimited`.
+fn hard_limit(name: &str) -> String {
+    virsh_ok(&["memtune", name, "--live"])
+        .lines()
+        .find_map(|l| l.strip_prefix("hard_limit"))
+        .and_then(|v| v.split(':').nth(1))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The CPUs this test process may run on (the pilot it starts inherits them), as a libvirt
+/// list of the first `n`.
+fn first_cpus(n: usize) -> String {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<String> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .take(n)
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(cpus.len(), n, "this machine has fewer than {n} CPUs");
+    cpus.join(",")
+}
+
+/// Issue 4, fencing: a guest of the lease started during the lease is pinned (vCPUs and
+/// emulator threads) to exactly the lease's cpuset, with its memory capped at its size +
+/// the per-guest overhead, through its start event; a guest without metadata keeps its
+/// pinning and limits.
+#[test]
+fn a_lease_s_guests_are_fenced_to_its_cpus_and_memory() {
+    if !enabled("a_lease_s_guests_are_fenced_to_its_cpus_and_memory") {
+        return;
+    }
+    let lease = lease_id("lvf");
+    let mut lv = LvNode::new("fence", "destroy", "30s", false);
+    let bystander = lv.start_guest("bystander", None, false);
+    let before = (
+        pinning("vcpupin", &bystander),
+        pinning("emulatorpin", &bystander),
+        hard_limit(&bystander),
+    );
+    // The pilot runs on every CPU of this machine (no batch system confines it); 1 CPU
+    // leases the first of them. On a 1-CPU machine the test would prove nothing.
+    let all = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    assert!(
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| all.is_set(c).unwrap_or(false))
+            .count()
+            >= 2,
+        "the fencing test needs at least 2 CPUs"
+    );
+    let pilot = lv.pilot(&lease);
+    let r = lv.node.wait_state(lease.as_str(), "reserved");
+    let lease_cpus = first_cpus(1);
+    assert_eq!(
+        r["baseline"]["cpuset"],
+        serde_json::json!([lease_cpus.parse::<u32>().unwrap()]),
+        "{r}"
+    );
+    let epoch = r["epoch"].as_u64().unwrap();
+    let g = lv.start_guest("g", Some((lease.as_str(), epoch)), false);
+    let until = Instant::now() + Duration::from_secs(10);
+    while pinning("vcpupin", &g) != [lease_cpus.clone()] {
+        assert!(
+            Instant::now() < until,
+            "{g} not pinned to CPU {lease_cpus} within 10 s of its start: {:?}\nrecord: {:?}",
+            pinning("vcpupin", &g),
+            lv.node.record(&lease)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pinning("emulatorpin", &g), [lease_cpus]);
+    // The hard limit is set last; the pinning above may be seen a moment before it.
+    let want = ((128 + OVERHEAD_MIB) * 1024).to_string();
+    while hard_limit(&g) != want {
+        assert!(
+            Instant::now() < until,
+            "{g}'s hard limit is {}, not {want} KiB",
+            hard_limit(&g)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (
+            pinning("vcpupin", &bystander),
+            pinning("emulatorpin", &bystander),
+            hard_limit(&bystander)
+        ),
+        before,
+        "a guest without metadata is never touched"
+    );
+    assert_eq!(before.2, "unlimited", "{before:?}");
+    // Only live values changed: the guest's definition is as its owner wrote it.
+    assert!(
+        !virsh_ok(&["dumpxml", "--inactive", &g]).contains("<cputune>"),
+        "the persistent definition was changed"
+    );
+    assert!(
+        lv.node.record(&lease).unwrap()["last_error"].is_null(),
+        "fenced and within budget: nothing to report"
+    );
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("guest fenced"), "{err}");
+    assert_restored(&lv, &lv.node.record(&lease).unwrap());
+}
+
+/// Event types waiting in the node's spool, oldest first.
+fn spooled_types(lv: &LvNode) -> Vec<String> {
+    let dir = lv.node.state_dir().join("spool");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p: &PathBuf| p.extension().is_some_and(|x| x == "json"));
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<Value>(&std::fs::read(p).ok()?).ok())
+        .filter_map(|v| {
+            v.get("type")
+                .or_else(|| v.get("body").and_then(|b| b.get("type")))
+                .and_then(|t| t.as_str())
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Stop the test bed's libvirtd (`pid`) and wait until it is gone; its guests keep running.
+fn stop_libvirtd(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while libvirtd_pid() == Some(pid) && !is_zombie(pid) {
+        assert!(Instant::now() < until, "libvirtd {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 4, failure handling: libvirtd is down when the lease ends. The pilot retries within
+/// the grace, then fails loudly (record `failed`, exit 6, a `failed` event spooled) and
+/// leaves the host as it is; once libvirtd is back, `vmpilot recover` stops the guest and
+/// restores the host values exactly.
+#[test]
+fn libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease() {
+    if !enabled("libvirtd_down_at_unreserve_fails_loudly_and_recover_finishes_the_lease") {
+        return;
+    }
+    let lease = lease_id("lvd");
+    let mut lv = LvNode::new("downatend", "destroy", "6s", true);
+    let _guard = RestartGuard;
+    // A coordinator that never answers: events stay in the spool, where the test reads them.
+    let secret = lv.node.secret_file("0123456789abcdef0123456789abcdef");
+    let mut text = std::fs::read_to_string(&lv.node.config).unwrap();
+    text.push_str(&format!(
+        "\n[coordinator]\nurl = \"http://127.0.0.1:{}\"\nsecret_file = \"{}\"\ntimeout = \"1s\"\n",
+        common::coordinator::free_port(),
+        secret.display()
+    ));
+    std::fs::write(&lv.node.config, text).unwrap();
+    let pid = libvirtd_pid().unwrap_or_else(|| {
+        panic!("no live libvirtd in {LIBVIRTD_PID}: this test stops the test bed's libvirtd (tests/testbed/up.sh)")
+    });
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let g = lv.start_guest("g", Some((lease.as_str(), epoch)), false);
+    stop_libvirtd(pid);
+    let signalled = Instant::now();
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    let took = signalled.elapsed();
+    assert_eq!(code, 6, "ended by a signal, node NOT restored: {err}");
+    assert!(
+        took < Duration::from_secs(6 + 5),
+        "the pilot gave up after {took:?}, not within the 6 s grace"
+    );
+    assert!(
+        err.contains("cannot list the lease's guests; retrying"),
+        "it retried: {err}"
+    );
+    assert!(
+        err.contains("node NOT restored") && err.contains("vmpilot recover"),
+        "{err}"
+    );
+    let r = lv.node.record(&lease).unwrap();
+    assert_eq!(r["state"], "failed", "{r}");
+    let last = r["last_error"].as_str().unwrap();
+    assert!(
+        last.contains("gave up after") && last.contains("not reachable"),
+        "{last}"
+    );
+    assert_eq!(
+        lv.pool(),
+        "261",
+        "the pool stays grown while the guest may run"
+    );
+    assert_eq!(
+        spooled_types(&lv).last().map(String::as_str),
+        Some("failed"),
+        "{:?}",
+        spooled_types(&lv)
+    );
+    start_libvirtd();
+    assert_eq!(
+        domstate(&g),
+        "running (booted)",
+        "the guest outlived libvirtd"
+    );
+    let out = lv.node.run(&["recover"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    let r = lv.node.record(&lease).unwrap();
+    assert_eq!(
+        history(&r)[history(&r).len() - 4..],
+        ["unreserving", "failed", "unreserving", "unreserved"],
+        "{r}"
+    );
+    assert_eq!(fates(&r), [(g.clone(), "destroyed".to_string())], "{r}");
+    // `shut off (destroyed)`, or `(daemon)` when the destroy raced libvirtd's reconnection
+    // to the guest's QEMU right after its start: libvirt then records its own reason.
+    assert!(domstate(&g).starts_with("shut off"), "{}", domstate(&g));
+    assert_restored(&lv, &r);
+    assert_eq!(
+        spooled_types(&lv).last().map(String::as_str),
+        Some("recovered"),
+        "{:?}",
+        spooled_types(&lv)
+    );
+}
+
+const REAL_POOL: &str = "/proc/sys/vm/nr_hugepages";
+
+fn real_pool() -> u64 {
+    std::fs::read_to_string(REAL_POOL)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `HugePages_Total` from /proc/meminfo: what the kernel really set aside.
+fn meminfo_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Total:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("/proc/meminfo has no HugePages_Total")
+}
+
+/// Puts the machine-wide pool back to what it was even when the test fails half-way.
+struct PoolGuard(u64);
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        if real_pool() != self.0 {
+            let _ = std::fs::write(REAL_POOL, format!("{}\n", self.0));
+        }
+    }
+}
+
+/// Issue 4, hugepages on the real kernel: reserve grows `/proc/sys/vm/nr_hugepages` by the
+/// lease's memory in 2 MiB pages and the kernel really sets them aside; release restores the
+/// exact value before. The pool is machine-wide, so this takes a lock of its own besides the
+/// suite's (no other test writes the real pool).
+#[test]
+fn the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly() {
+    use vmpilot::host::{Host, LeaseShare, libvirt::LibvirtHost};
+    if !enabled("the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly") {
+        return;
+    }
+    let lv = LvNode::new("realpool", "destroy", "10s", false);
+    let pool_lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("vmpilot-real-hugepages.lock"))
+        .unwrap();
+    pool_lock.lock().unwrap();
+    let writable = std::fs::OpenOptions::new().write(true).open(REAL_POOL);
+    assert!(
+        writable.is_ok(),
+        "{REAL_POOL} is not writable ({:?}): the test bed runs as root on a machine whose /proc/sys is writable",
+        writable.err()
+    );
+    let text = std::fs::read_to_string(&lv.node.config).unwrap();
+    let stand_in = lv
+        .node
+        .dir
+        .path()
+        .join("nr_hugepages")
+        .display()
+        .to_string();
+    std::fs::write(&lv.node.config, text.replace(&stand_in, REAL_POOL)).unwrap();
+    let config = vmpilot::config::Config::load(&lv.node.config, true, &Default::default()).unwrap();
+    assert_eq!(config.host.libvirt.hugepages_path, Path::new(REAL_POOL));
+    let host = LibvirtHost::open(&config).unwrap();
+    let before = real_pool();
+    let _restore = PoolGuard(before);
+    let lease: vmpilot::lease::record::LeaseId = "realpool".parse().unwrap();
+    let baseline = host
+        .reserve(&LeaseShare {
+            lease_id: lease.clone(),
+            epoch: 1,
+            memory_mib: 64,
+            cpus: 1,
+            max_guests: 1,
+        })
+        .unwrap();
+    assert_eq!(baseline["hugepages"]["before"], before, "{baseline}");
+    assert_eq!(baseline["hugepages"]["added"], 32, "{baseline}");
+    assert_eq!(real_pool(), before + 32, "64 MiB = 32 pages of 2 MiB");
+    assert_eq!(
+        meminfo_hugepages(),
+        before + 32,
+        "the kernel set them aside"
+    );
+    host.release(&lease, Some(&baseline)).unwrap();
+    assert_eq!(real_pool(), before, "restored exactly");
+    assert_eq!(meminfo_hugepages(), before);
+    // Releasing again is harmless and changes nothing.
+    host.release(&lease, Some(&baseline)).unwrap();
+    assert_eq!(real_pool(), before);
 }
 
 /// Issue 6: the crash-consistency sweep on the real libvirtd. For every point where the pilot

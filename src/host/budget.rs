@@ -1,7 +1,10 @@
 //! Keeping a reserved lease's guests within its budget, the same way for every backend.
 //!
-//! The backend says whether the lease's running guests use more than it was given
-//! ([`Host::over_budget`]) and wakes the pilot when guests change ([`Host::watch_guests`]);
+//! The backend first confines the lease's running guests to what it holds ([`Host::fence`]:
+//! libvirt pins them to the lease's CPUs and caps their memory), then says whether they use
+//! more than the lease was given ([`Host::over_budget`]), and wakes the pilot when guests
+//! change ([`Host::watch_guests`]). A guest that cannot be fenced is reported like a budget
+//! violation (and only reported: the policy below acts on the numbers alone);
 //! this module applies `[host] over_budget` to what it finds: `report` touches nothing,
 //! `stop-newest` destroys the lease's most recently started running guest, checks again,
 //! and repeats until the lease is back within budget. Guests of other leases and unowned
@@ -26,20 +29,31 @@ pub struct Violation {
     pub action: String,
 }
 
-/// Check `share`'s guests and apply `policy`; `None` when the lease is within budget.
+/// Fence `share`'s guests, check them and apply `policy`; `None` when every guest is fenced
+/// and the lease is within budget. `baseline` is the lease's, from [`Host::reserve`].
 pub fn enforce(
     host: &dyn Host,
     share: &LeaseShare,
+    baseline: Option<&serde_json::Value>,
     policy: OverBudgetPolicy,
     exclusive: bool,
     stop: &AtomicBool,
 ) -> Result<Option<Violation>, HostError> {
+    // Fence first: a guest that just started is confined before it is counted.
+    let unfenced = host.fence(share, baseline)?;
     let Some(detail) = host.over_budget(share)? else {
-        return Ok(None);
+        return Ok(unfenced.map(|detail| Violation {
+            detail,
+            action: "reported".to_string(),
+        }));
     };
     let action = match policy {
         OverBudgetPolicy::Report => "reported".to_string(),
         OverBudgetPolicy::StopNewest => stop_newest(host, share, exclusive, stop),
+    };
+    let detail = match unfenced {
+        Some(f) => format!("{detail}; {f}"),
+        None => detail,
     };
     Ok(Some(Violation { detail, action }))
 }
@@ -141,6 +155,8 @@ mod tests {
     struct Fake {
         guests: Mutex<Vec<Guest>>,
         stuck: Vec<&'static str>,
+        /// What `fence` reports as not fenced.
+        unfenced: Option<&'static str>,
     }
 
     impl Host for Fake {
@@ -179,6 +195,13 @@ mod tests {
         fn suspend_guest(&self, _: &str) -> Result<String, HostError> {
             panic!("budget enforcement must not call Host::suspend_guest")
         }
+        fn fence(
+            &self,
+            _: &LeaseShare,
+            _: Option<&serde_json::Value>,
+        ) -> Result<Option<String>, HostError> {
+            Ok(self.unfenced.map(String::from))
+        }
         fn over_budget(&self, share: &LeaseShare) -> Result<Option<String>, HostError> {
             Ok(crate::host::ledger::budget_excess(
                 &self.guests()?,
@@ -198,6 +221,7 @@ mod tests {
                 guest("other-lease", Some("b"), true, 4096, Some(11)),
             ]),
             stuck,
+            unfenced: None,
         }
     }
 
@@ -225,11 +249,48 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_that_cannot_be_fenced_is_reported_and_nothing_is_stopped() {
+        let mut h = fake(vec![]);
+        h.unfenced = Some("cannot fence guests: old: pin vCPU 0: denied");
+        let v = enforce(
+            &h,
+            &share(2048),
+            None,
+            OverBudgetPolicy::StopNewest,
+            false,
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(v.action, "reported");
+        assert!(v.detail.contains("old: pin vCPU 0"), "{}", v.detail);
+        assert_eq!(running(&h).len(), 5, "within budget: nothing stopped");
+        // Over budget too: both are in the detail, and the policy acts on the numbers.
+        let v = enforce(
+            &h,
+            &share(600),
+            None,
+            OverBudgetPolicy::StopNewest,
+            false,
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            v.detail.contains("1536 MiB") && v.detail.contains("cannot fence"),
+            "{}",
+            v.detail
+        );
+        assert_eq!(v.action, "stopped newest, middle");
+    }
+
+    #[test]
     fn report_touches_nothing() {
         let h = fake(vec![]);
         let v = enforce(
             &h,
             &share(1000),
+            None,
             OverBudgetPolicy::Report,
             false,
             &AtomicBool::new(false),
@@ -242,6 +303,7 @@ mod tests {
         let within = enforce(
             &h,
             &share(2048),
+            None,
             OverBudgetPolicy::Report,
             false,
             &AtomicBool::new(false),
@@ -255,6 +317,7 @@ mod tests {
         let v = enforce(
             &h,
             &share(600),
+            None,
             OverBudgetPolicy::StopNewest,
             false,
             &AtomicBool::new(false),
@@ -271,6 +334,7 @@ mod tests {
         let v = enforce(
             &h,
             &share(600),
+            None,
             OverBudgetPolicy::StopNewest,
             false,
             &AtomicBool::new(false),
@@ -287,6 +351,7 @@ mod tests {
         let v = enforce(
             &h,
             &share(600),
+            None,
             OverBudgetPolicy::StopNewest,
             false,
             &AtomicBool::new(true),

@@ -39,6 +39,10 @@ pub struct Share {
     /// ballooned out: negative); 0 when it moved nothing.
     #[serde(default)]
     pub delta: i64,
+    /// The CPUs the lease's guests are pinned to (libvirt with `fence = true`), so another
+    /// lease picks others; empty when nothing is pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpuset: Vec<u32>,
 }
 
 /// The ledger's content.
@@ -68,6 +72,15 @@ impl LedgerState {
     /// CPUs held by all leases.
     pub fn cpus(&self) -> u32 {
         self.leases.values().map(|s| s.cpus).sum()
+    }
+
+    /// CPUs pinned for leases other than `lease`.
+    pub fn pinned_cpus(&self, lease: &LeaseId) -> Vec<u32> {
+        self.leases
+            .iter()
+            .filter(|(id, _)| *id != lease)
+            .flat_map(|(_, s)| s.cpuset.iter().copied())
+            .collect()
     }
 
     /// Does any lease other than `lease` hold a delta?
@@ -225,6 +238,7 @@ mod tests {
             charged_mib: 100,
             cpus: 1,
             delta,
+            cpuset: Vec::new(),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! What it owns on the host: admission against the memory and CPUs libvirt reports, each
 //! lease's share in a ledger (`{state_dir}/libvirt-ledger.json`, see [`super::ledger`]),
-//! optionally the kernel's hugepage pool, and stopping guests. Guests belong to a lease by
+//! optionally the kernel's hugepage pool, fencing the lease's guests to its CPUs and memory
+//! ([`fence`]), and stopping guests. Guests belong to a lease by
 //! their `<metadata>` element (see [`metadata`]); vmpilot never defines or starts guests,
 //! the coordinator does.
 //!
@@ -16,6 +17,7 @@
 //! bounds each one.
 
 pub mod events;
+pub mod fence;
 pub mod hugepages;
 pub mod metadata;
 
@@ -43,6 +45,8 @@ pub struct LibvirtHost {
     host_reserve: MemSize,
     guest_overhead: MemSize,
     exclusive: bool,
+    /// Pin the lease's guests to its cpuset and cap their memory (`[host.libvirt] fence`).
+    fence: bool,
     ledger: Ledger,
 }
 
@@ -58,6 +62,10 @@ pub struct LibvirtBaseline {
     /// The hugepage pool change, when hugepages are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugepages: Option<HugepageBaseline>,
+    /// The CPUs the lease's guests are pinned to, when fencing is on ([`fence`]). Kept here
+    /// so every process that handles the lease (pilot, `recover`) knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<Vec<u32>>,
 }
 
 /// The hugepage pool before and after a lease grew it.
@@ -113,6 +121,7 @@ impl LibvirtHost {
             host_reserve: config.host.host_reserve,
             guest_overhead: config.host.guest_overhead,
             exclusive: config.host.exclusive,
+            fence: lv.fence,
             ledger: Ledger::open(&config.state_dir, "libvirt", HostBackend::Libvirt)?,
         };
         drop(host.connect()?);
@@ -221,6 +230,42 @@ impl LibvirtHost {
             &guests,
             self.exclusive,
         ))
+    }
+
+    /// Fence every running guest of `share` to `cpuset`; returns `NAME: what failed` for each
+    /// guest that could not be.
+    fn fence_with(
+        &self,
+        conn: &Conn,
+        share: &LeaseShare,
+        cpuset: &[u32],
+    ) -> Result<Vec<String>, HostError> {
+        let op = format!("fence the guests of lease {}", share.lease_id);
+        let domains = conn
+            .0
+            .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(|e| virt_error(&op, &e))?;
+        let overhead_kib = self.guest_overhead.mib() * 1024;
+        let mut failed = Vec::new();
+        for dom in &domains {
+            let guest = match self.describe(dom) {
+                Ok(Some(g)) if g.running && owned_by(&g, &share.lease_id, self.exclusive) => g,
+                Ok(_) => continue,
+                Err(e) => return Err(virt_error(&op, &e)),
+            };
+            let hard_limit_kib = guest.memory_mib * 1024 + overhead_kib;
+            match fence::fence_domain(dom, cpuset, hard_limit_kib) {
+                Ok(()) => {
+                    tracing::debug!(lease = %share.lease_id, guest = %guest.name, cpus = %fence::cpu_list(cpuset), hard_limit_mib = hard_limit_kib / 1024, "guest fenced")
+                }
+                Err(fence::FenceError::Gone) => {}
+                Err(fence::FenceError::Failed(why)) => {
+                    tracing::error!(lease = %share.lease_id, guest = %guest.name, %why, "cannot fence the lease's guest");
+                    failed.push(format!("{}: {why}", guest.name));
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Grow the hugepage pool for `lease` with the ledger entry written first.
@@ -361,11 +406,22 @@ impl Host for LibvirtHost {
                 ),
             });
         }
+        let cpuset = if self.fence {
+            let affinity = fence::pilot_affinity().map_err(|e| op_error(&op, e))?;
+            let taken = guard.state.pinned_cpus(&share.lease_id);
+            Some(
+                fence::choose_cpuset(&affinity, &taken, share.cpus)
+                    .map_err(|detail| HostError::Admission { detail })?,
+            )
+        } else {
+            None
+        };
         let entry = Share {
             epoch: share.epoch,
             charged_mib: charged,
             cpus: share.cpus,
             delta: 0,
+            cpuset: cpuset.clone().unwrap_or_default(),
         };
         let hugepages =
             self.grow_hugepages(&mut guard, &share.lease_id, entry, share.memory_mib, &op)?;
@@ -374,6 +430,7 @@ impl Host for LibvirtHost {
             charged_mib: charged,
             cpus: share.cpus,
             hugepages,
+            cpuset,
         };
         // Plain fields only: serializing cannot fail.
         Ok(serde_json::to_value(baseline).expect("libvirt baseline serializes"))
@@ -477,6 +534,34 @@ impl Host for LibvirtHost {
         Ok(budget_excess(&self.guests()?, share, self.exclusive))
     }
 
+    fn fence(
+        &self,
+        share: &LeaseShare,
+        baseline: Option<&serde_json::Value>,
+    ) -> Result<Option<String>, HostError> {
+        if !self.fence {
+            return Ok(None);
+        }
+        let cpuset = baseline
+            .and_then(|b| serde_json::from_value::<LibvirtBaseline>(b.clone()).ok())
+            .and_then(|b| b.cpuset);
+        let Some(cpuset) = cpuset else {
+            // Reserved while fencing was off (the config changed under a running lease):
+            // there is no cpuset to pin to.
+            tracing::debug!(lease = %share.lease_id, "the lease has no cpuset; its guests are not fenced");
+            return Ok(None);
+        };
+        let conn = self.connect()?;
+        let failed = self.fence_with(&conn, share, &cpuset)?;
+        Ok((!failed.is_empty()).then(|| {
+            format!(
+                "cannot fence guests to the lease's CPUs {} and memory: {}",
+                fence::cpu_list(&cpuset),
+                failed.join("; ")
+            )
+        }))
+    }
+
     fn watch_guests(
         &self,
         notify: tokio::sync::mpsc::UnboundedSender<()>,
@@ -510,6 +595,7 @@ mod tests {
             charged_mib: charged,
             cpus,
             delta,
+            cpuset: Vec::new(),
         }
     }
 

@@ -191,6 +191,20 @@ pub trait Host: Send + Sync {
         let _ = share;
         Ok(None)
     }
+    /// While `share` is reserved: confine the lease's running guests to what it holds
+    /// (libvirt: pin them to the lease's cpuset and cap their memory; `baseline` is what
+    /// [`Host::reserve`] returned, where the cpuset is kept). Called before every budget
+    /// check, so a guest is fenced as soon as the backend reports it running. `Some(what)`
+    /// names the guests that could not be fenced and why; the pilot reports that like a
+    /// budget violation. The default (backends that cannot fence) fences nothing.
+    fn fence(
+        &self,
+        share: &LeaseShare,
+        baseline: Option<&serde_json::Value>,
+    ) -> Result<Option<String>, HostError> {
+        let _ = (share, baseline);
+        Ok(None)
+    }
     /// Send `()` on `notify` whenever a guest may have started, stopped or changed (and
     /// once after the watch had to reconnect), until the returned watch is dropped; the
     /// pilot re-checks [`Host::over_budget`] on each. `None`: this backend has no events

@@ -322,6 +322,8 @@ impl Host for XenHost {
             charged_mib: share.memory_mib,
             cpus: share.cpus,
             delta: -(share.memory_mib as i64),
+            // Xen guests are not pinned by vmpilot.
+            cpuset: Vec::new(),
         };
         // Intent first: a crash while ballooning leaves an entry release can undo.
         guard.state.add(&share.lease_id, entry, before);
