@@ -227,6 +227,9 @@ fn a_pilot_submitted_through_the_api_gets_its_guest_and_gives_the_node_back_on_s
         .unwrap()
         .replace("backend = \"simulated\"", "backend = \"libvirt\"")
         .replace("host_reserve = \"512M\"", "host_reserve = \"256M\"")
+        // Fenced guests get a hard limit of memory + overhead; a TCG QEMU needs ~180 MiB
+        // beside a 128 MiB guest.
+        .replace("guest_overhead = \"64M\"", "guest_overhead = \"192M\"")
         .replace("[host]\n", "[host]\non_unreserve = \"destroy\"\n");
     std::fs::write(&node.config, text).unwrap();
     std::os::unix::fs::symlink(&node.config, &node_config).unwrap();
