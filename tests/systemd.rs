@@ -322,6 +322,9 @@ fn exec_lines_parse_with_the_real_cli() {
         Sub::KillAll(a) => {
             assert_eq!(a.level, KillLevel::Graceful);
             assert_eq!(a.reason, "node shutdown");
+            // No terminal at shutdown: without --yes kill-all refuses and the drain does
+            // nothing (caught by the real reboot test, tests/reboot.rs).
+            assert!(a.yes, "the drain's kill-all must pass --yes");
         }
         other => panic!("ExecStop runs {other:?}, not kill-all"),
     }

@@ -13,6 +13,9 @@
 #   * libvirt (monolithic libvirtd + virtlogd) with qemu (TCG), libvirt-dev for the `virt` crate.
 #   * a tiny guest (Debian kernel + busybox initramfs) in /var/cache/vmpilot-testbed/guest/,
 #     booted once through libvirt from tests/testbed/guest.xml.in as a check.
+#   * for tests/reboot.rs: debootstrap + systemd-container (pinned to the installed systemd) and
+#     a Debian rootfs in /var/cache/vmpilot-testbed/nodefs (node-reboot.sh prepare; the test
+#     boots it itself).
 #
 # Paths:  /etc/vmpilot-testbed/{epilog.sh,epilog.d/,task-prolog.sh}
 #         n2: /run/vmpilot-testbed/n2/ (its slurmd.pid, epilog.log), /var/spool/slurmd-n2,
@@ -394,6 +397,11 @@ if [ "$TESTBED_GUEST_CHECK" = 1 ]; then
   log "guest ok: $GUEST_RESULT"
 fi
 
+################################################################################ nspawn node rootfs
+T_NODEFS=$(now)
+bash "$HERE/node-reboot.sh" prepare >>"$LOG" 2>&1 || { log "node-reboot.sh prepare failed (see $LOG)"; exit 1; }
+log "nspawn node rootfs ready in $(since "$T_NODEFS")s: /var/cache/vmpilot-testbed/nodefs"
+
 ################################################################################ summary
 SLV=$(sinfo -V 2>/dev/null | awk '{print $2}')
 LVV=$(virsh -c qemu:///system version 2>/dev/null | awk '/Using library/{print $4}')
@@ -407,4 +415,5 @@ vmpilot test bed READY in $(since "$T0")s
   libvirt   $LVV, qemu $QEV (TCG), libvirtd pid $(pid_of "$LV_PF"), virtlogd pid $(pid_of "$VL_PF")
   guest     $GUEST/vmlinuz $GUEST/initrd.img ($(cat "$GUEST/kernel.txt")); template $HERE/guest.xml.in
             check: $GUEST_RESULT
+  nspawn    node rootfs /var/cache/vmpilot-testbed/nodefs (tests/testbed/node-reboot.sh; booted by tests/reboot.rs)
 EOF
