@@ -213,9 +213,11 @@ fn a_pilot_submitted_through_the_api_gets_its_guest_and_gives_the_node_back_on_s
     let tiny = template(dir.path(), "tiny.xml", "131072");
     let node_config = dir.path().join("node.toml");
     let submit = repo().join("slurm-scripts/vmpilot-submit");
+    // Grace 4 s: inside the test bed's KillWait (5 s), and enough for destroying a TCG guest
+    // (~1.4 s, more on a loaded machine) in the guests' share of it.
     let coord = Coord::start(&format!(
         "[pool]\nbatch_system = \"slurm\"\nsubmit_script = \"{}\"\nmemory = \"1G\"\ncpus = 1\ntime = \"5\"\n\
-         grace = \"3s\"\nnode_config = \"{}\"\noutput = \"{}\"\n\n[guests]\ntemplates = [\"{tiny}\"]\n",
+         grace = \"4s\"\nnode_config = \"{}\"\noutput = \"{}\"\n\n[guests]\ntemplates = [\"{tiny}\"]\n",
         submit.display(),
         node_config.display(),
         dir.path().join("job-%j.out").display(),

@@ -70,23 +70,6 @@ fn virsh_ok(args: &[&str]) -> String {
     common::stdout(&out)
 }
 
-/// The test-wide lock: shared for ordinary tests, exclusive for the libvirtd restart.
-fn suite_lock(exclusive: bool) -> File {
-    let path = std::env::temp_dir().join("vmpilot-libvirt-tests.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    if exclusive {
-        f.lock().unwrap();
-    } else {
-        f.lock_shared().unwrap();
-    }
-    f
-}
-
 /// Fail (not skip) when libvirt was asked for but does not answer.
 fn require_libvirtd() {
     let out = virsh(&["version"]);
@@ -107,7 +90,7 @@ struct LvNode {
 
 impl LvNode {
     fn new(test: &str, policy: &str, grace: &str, exclusive_lock: bool) -> LvNode {
-        let lock = suite_lock(exclusive_lock);
+        let lock = common::libvirt_lock(exclusive_lock);
         require_libvirtd();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("vmpilot.toml");
@@ -871,6 +854,53 @@ fn stop_libvirtd(pid: i32) {
         assert!(Instant::now() < until, "libvirtd {pid} did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Issue 4, failure handling: libvirtd is down when the pilot starts. The pilot refuses
+/// (exit 3, the hypervisor is unreachable), says how to check, and changes nothing: no lease
+/// held, the hugepage pool (stand-in) and the ledger untouched.
+#[test]
+fn libvirtd_down_at_reserve_is_refused_and_changes_nothing() {
+    if !enabled("libvirtd_down_at_reserve_is_refused_and_changes_nothing") {
+        return;
+    }
+    let lease = lease_id("lvr");
+    let lv = LvNode::new("downatstart", "destroy", "5s", true);
+    let _guard = RestartGuard;
+    let pid = libvirtd_pid().unwrap_or_else(|| {
+        panic!("no live libvirtd in {LIBVIRTD_PID}: this test stops the test bed's libvirtd (tests/testbed/up.sh)")
+    });
+    stop_libvirtd(pid);
+    let out = lv.node.run(&[
+        "run",
+        "--memory",
+        "256M",
+        "--cpus",
+        "1",
+        "--walltime",
+        "60s",
+        "--lease-id",
+        &lease,
+    ]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(URI) && err.contains("hint:"), "{err}");
+    let held = lv
+        .node
+        .record(&lease)
+        .is_some_and(|r| matches!(r["state"].as_str(), Some("reserving" | "reserved")));
+    assert!(!held, "a lease is held: {:?}", lv.node.record(&lease));
+    assert_eq!(lv.pool(), "5", "the hugepage pool was touched");
+    let ledger = std::fs::read_to_string(lv.node.state_dir().join("libvirt-ledger.json"))
+        .unwrap_or_default();
+    assert!(!ledger.contains(lease.as_str()), "{ledger}");
+    start_libvirtd();
+    // With libvirtd back, the same pilot is accepted.
+    let pilot = lv.pilot(&lease);
+    lv.node.wait_state(lease.as_str(), "reserved");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
 }
 
 /// Issue 4, failure handling: libvirtd is down when the lease ends. The pilot retries within
