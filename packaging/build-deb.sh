@@ -6,6 +6,10 @@
 #                                     # package the debug build instead (CI's install test:
 #                                     # reuses `cargo test`'s build instead of a second,
 #                                     # release build; never ship that package)
+#   VMPILOT_DEB_FEATURES=fault-injection  (dev only) build with the cargo features the
+#                                     # caller's `cargo test` used, so the binaries in
+#                                     # target/debug that other tests run are not rebuilt
+#                                     # with different features under their feet
 #
 # Steps (each timed on stderr):
 #   1. cargo-deb: installed with `cargo install cargo-deb --locked` (pinned version) if
@@ -28,6 +32,13 @@ case "$profile" in
   dev) profile_dir=debug; build_flags=() ;;
   *) echo "build-deb: VMPILOT_DEB_PROFILE must be release or dev, not '$profile'" >&2; exit 1 ;;
 esac
+if [ -n "${VMPILOT_DEB_FEATURES:-}" ]; then
+  [ "$profile" = dev ] || {
+    echo "build-deb: VMPILOT_DEB_FEATURES is for VMPILOT_DEB_PROFILE=dev only (a shipped package has no test features)" >&2
+    exit 1
+  }
+  build_flags+=(--features "$VMPILOT_DEB_FEATURES")
+fi
 
 cd "$(dirname "$0")/.."
 repo=$PWD

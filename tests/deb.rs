@@ -100,9 +100,18 @@ fn deb_installs_verifies_and_purges() {
     let started = Instant::now();
     // The debug build `cargo test` just made is packaged: a second, release build would
     // double CI's compile time and proves nothing more about the package's layout.
+    // Same features as this test build: otherwise cargo rebuilds target/debug/vmpilot
+    // without them, and later test binaries (the crash sweeps) run a binary that cannot
+    // crash on demand.
+    let features = if cfg!(feature = "fault-injection") {
+        "fault-injection"
+    } else {
+        ""
+    };
     let out = run(Command::new("bash")
         .arg(repo().join("packaging/build-deb.sh"))
         .env("VMPILOT_DEB_PROFILE", "dev")
+        .env("VMPILOT_DEB_FEATURES", features)
         .stdin(Stdio::null()));
     assert!(out.status.success(), "packaging/build-deb.sh failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
