@@ -1140,7 +1140,9 @@ fn crash_and_recover(point: vmpilot::crashpoint::Point) {
     // Guests belong to a lease by id on the one shared libvirtd: the id must be unique per
     // point (lanes run side by side) and per test process (other checkouts run this too).
     let lease = format!("lvc-{}-{what}", std::process::id());
-    let mut lv = LvNode::new(&format!("crash-{what}"), "destroy", "2s", false);
+    // The config's grace is `recover`'s bound for stopping guests: a TCG destroy alone can
+    // take 1.5 s on a loaded machine, so give it room (recover takes only what it needs).
+    let mut lv = LvNode::new(&format!("crash-{what}"), "destroy", "8s", false);
     // A fresh state dir: the lease's first epoch is 1, so the guest can exist before the
     // pilot, as one a coordinator starts the moment the node is reserved. Reserving gets
     // walltime - grace = 3 s and unreserving 3 s: enough on a loaded 2-core machine.
