@@ -6,31 +6,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::{Node, Pilot, stderr, stdout};
 use vmpilot::crashpoint::Point;
-
-fn crashing_pilot(node: &Node, lease: &str, point: Point) -> Pilot {
-    let child = node
-        .cmd(&[
-            "run",
-            "--memory",
-            "1G",
-            "--walltime",
-            "3s",
-            "--grace",
-            "1s",
-            "--lease-id",
-            lease,
-        ])
-        .env("VMPILOT_CRASH_AT", point.name())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Pilot { child }
-}
 
 fn recover_ok(node: &Node, point: Point) {
     let out = node.run(&["recover"]);
@@ -52,7 +29,7 @@ fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
             let node = Node::new("");
             // A guest owned by the lease, as a coordinator would have started.
             node.add_guest("g", Some("crash"), &["--shutdown-delay", "100ms"]);
-            let pilot = crashing_pilot(&node, "crash", point);
+            let pilot = node.spawn_lease("crash", "3s", Some(point.name()));
             (point, node, pilot)
         })
         .collect();

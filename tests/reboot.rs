@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Node, Pilot, history, stderr, stdout};
+use common::{Node, history, stderr, stdout};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -171,31 +171,6 @@ fn wait_new_boot(node: &NspawnNode, old: &[String]) -> String {
     }
 }
 
-fn run_pilot(host: &Node, lease: &str, walltime: &str, crash_at: Option<&str>) -> Pilot {
-    let mut cmd = host.cmd(&[
-        "run",
-        "--memory",
-        "1G",
-        "--cpus",
-        "1",
-        "--walltime",
-        walltime,
-        "--grace",
-        "1s",
-        "--lease-id",
-        lease,
-    ]);
-    if let Some(p) = crash_at {
-        cmd.env("VMPILOT_CRASH_AT", p);
-    }
-    let child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    Pilot { child }
-}
-
 fn events(record: &Value) -> Vec<String> {
     record["history"]
         .as_array()
@@ -244,14 +219,16 @@ fn node_reboots_recover_before_slurmd_and_drain_on_orderly_shutdown() {
     // ---- the previous boot crashed with leases in several states
     host.add_guest("bystander", None, &[]);
     host.add_guest("g-lost-reserved", Some("lost-reserved"), &[]);
-    let p = run_pilot(&host, "lost-reserved", "10m", None);
+    let p = host.spawn_lease("lost-reserved", "10m", None);
     host.wait_state("lost-reserved", "reserved");
     p.signal(Signal::SIGKILL);
     assert_eq!(p.finish().0, 128 + 9);
     host.add_guest("g-lost-unreserving", Some("lost-unreserving"), &[]);
-    let (code, err) = run_pilot(&host, "lost-unreserving", "2s", Some("guests-stopped")).finish();
+    let (code, err) = host
+        .spawn_lease("lost-unreserving", "2s", Some("guests-stopped"))
+        .finish();
     assert_eq!(code, 128 + 9, "crash point never reached:\n{err}");
-    let (code, err) = run_pilot(&host, "done", "2s", None).finish();
+    let (code, err) = host.spawn_lease("done", "2s", None).finish();
     assert_eq!(code, 0, "{err}");
     assert_eq!(host.record("lost-reserved").unwrap()["state"], "reserved");
     assert_eq!(

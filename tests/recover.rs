@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use common::coordinator::{Mode, TestCoordinator};
 use common::{Node, Pilot, history, stderr, stdout};
@@ -36,32 +35,6 @@ fn big_node(coordinator: &TestCoordinator) -> Node {
         .replace("max_guests = 2", "max_guests = 4");
     std::fs::write(&node.config, text).unwrap();
     node
-}
-
-/// A 1 GiB pilot for `lease` that starts unreserving after about a second.
-fn pilot(node: &Node, lease: &str, crash_at: Option<Point>, walltime: &str) -> Pilot {
-    let mut cmd = node.cmd(&[
-        "run",
-        "--memory",
-        "1G",
-        "--cpus",
-        "1",
-        "--walltime",
-        walltime,
-        "--grace",
-        "1s",
-        "--lease-id",
-        lease,
-    ]);
-    if let Some(p) = crash_at {
-        cmd.env("VMPILOT_CRASH_AT", p.name());
-    }
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Pilot { child }
 }
 
 /// Every spooled event as (lease, type), and the file names.
@@ -108,7 +81,7 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
     // `failed`: restoring the host fails for as long as the pilot tries.
     node.add_guest("g-failed", Some("failed"), &["--shutdown-delay", "50ms"]);
     node.fault("release", "error", 1000, "0s");
-    let (code, err) = pilot(&node, "failed", None, "2s").finish();
+    let (code, err) = node.spawn_lease("failed", "2s", None).finish();
     assert_eq!(code, 4, "the host failed, not restored:\n{err}");
     assert_eq!(node.record("failed").unwrap()["state"], "failed");
     // The hypervisor is well again (disarm what the pilot did not use up).
@@ -119,7 +92,7 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
 
     // `unreserved`: a lease that ended on its own.
     node.add_guest("g-done", Some("done"), &["--shutdown-delay", "50ms"]);
-    assert_eq!(pilot(&node, "done", None, "2s").finish().0, 0);
+    assert_eq!(node.spawn_lease("done", "2s", None).finish().0, 0);
 
     // Every crash point, one lease each (in parallel: the node lock orders the reserves).
     let crashed: Vec<(Point, String, Pilot)> = Point::ALL
@@ -131,7 +104,7 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
                 Some(&lease),
                 &["--shutdown-delay", "50ms"],
             );
-            let pilot = pilot(&node, &lease, Some(p), "2s");
+            let pilot = node.spawn_lease(&lease, "2s", Some(p.name()));
             (p, lease, pilot)
         })
         .collect();
@@ -144,7 +117,7 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
 
     // `reserved` with a pilot that is alive (frozen): --boot treats it as dead all the same.
     node.add_guest("g-frozen", Some("frozen"), &["--shutdown-delay", "50ms"]);
-    let frozen = pilot(&node, "frozen", None, "10m");
+    let frozen = node.spawn_lease("frozen", "10m", None);
     let live = node.wait_state("frozen", "reserved")["pilot"].clone();
     frozen.signal(Signal::SIGSTOP);
 

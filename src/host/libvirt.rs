@@ -79,8 +79,9 @@ pub struct HugepageBaseline {
     pub added: u64,
 }
 
-/// An open connection, closed on drop (the `virt` crate leaves closing to its user).
-struct Conn(Connect);
+/// An open connection, closed on drop (the `virt` crate leaves closing to its user). The
+/// reference coordinator's guest launcher uses it too.
+pub struct Conn(pub Connect);
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -88,6 +89,14 @@ impl Drop for Conn {
         // on our side then.
         let _ = self.0.close();
     }
+}
+
+/// Open `uri` with libvirt's default error handler silenced: it prints every error to
+/// stderr, and ours are returned to the caller, who reports them with context.
+pub fn open_connection(uri: &str) -> Result<Conn, VirtError> {
+    static QUIET: Once = Once::new();
+    QUIET.call_once(virt::error::clear_error_callback);
+    Connect::open(Some(uri)).map(Conn)
 }
 
 fn op_error(op: &str, detail: impl Into<String>) -> HostError {
@@ -111,9 +120,6 @@ fn virt_error(op: &str, e: &VirtError) -> HostError {
 impl LibvirtHost {
     /// Set up the backend from `config` and prove libvirt answers.
     pub fn open(config: &Config) -> Result<Self, HostError> {
-        // libvirt's default error handler prints every error to stderr; ours are returned.
-        static QUIET: Once = Once::new();
-        QUIET.call_once(virt::error::clear_error_callback);
         let lv = &config.host.libvirt;
         let host = LibvirtHost {
             uri: lv.uri.clone(),
@@ -130,9 +136,7 @@ impl LibvirtHost {
 
     /// A fresh connection (see the module docs for why not a long-lived one).
     fn connect(&self) -> Result<Conn, HostError> {
-        Connect::open(Some(&self.uri))
-            .map(Conn)
-            .map_err(|e| HostError::Unreachable {
+        open_connection(&self.uri).map_err(|e| HostError::Unreachable {
                 backend: HostBackend::Libvirt,
                 detail: format!(
                     "cannot connect to {}: {}\n\nhint: is libvirtd (or virtqemud) running, and may this user \

@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
@@ -27,6 +27,7 @@ use super::AppState;
 use super::message::{IncomingBody, IncomingEvent};
 use crate::host::GuestOwner;
 use crate::host::libvirt::metadata::lease_metadata_xml;
+use crate::host::libvirt::{Conn, open_connection};
 use crate::lease::record::LeaseId;
 
 /// One configured template.
@@ -239,26 +240,8 @@ pub struct Launch {
     pub detail: Option<String>,
 }
 
-/// libvirt's default error handler prints every error to stderr; ours are returned.
-fn quiet_libvirt() {
-    static QUIET: Once = Once::new();
-    QUIET.call_once(virt::error::clear_error_callback);
-}
-
-/// An open connection, closed on drop.
-struct Conn(Connect);
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        let _ = self.0.close();
-    }
-}
-
 fn connect(uri: &str) -> Result<Conn, String> {
-    quiet_libvirt();
-    Connect::open(Some(uri))
-        .map(Conn)
-        .map_err(|e| format!("cannot connect to {uri}: {}", e.message()))
+    open_connection(uri).map_err(|e| format!("cannot connect to {uri}: {}", e.message()))
 }
 
 /// Define and start every template for a lease (blocking). A template that would take the

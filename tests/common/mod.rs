@@ -90,6 +90,33 @@ impl Node {
         Pilot { child }
     }
 
+    /// Start `vmpilot run` for `lease` (1 GiB, 1 CPU, a 1 s grace) with `walltime`; with
+    /// `crash_at`, the pilot SIGKILLs itself at that crash point (`fault-injection` builds).
+    pub fn spawn_lease(&self, lease: &str, walltime: &str, crash_at: Option<&str>) -> Pilot {
+        let mut cmd = self.cmd(&[
+            "run",
+            "--memory",
+            "1G",
+            "--cpus",
+            "1",
+            "--walltime",
+            walltime,
+            "--grace",
+            "1s",
+            "--lease-id",
+            lease,
+        ]);
+        if let Some(point) = crash_at {
+            cmd.env("VMPILOT_CRASH_AT", point);
+        }
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Pilot { child }
+    }
+
     pub fn record_path(&self, lease: &str) -> PathBuf {
         self.state_dir()
             .join("leases")
