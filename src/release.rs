@@ -2,7 +2,9 @@
 //!
 //! The pilot, `recover` and `kill-all` all end leases here, so there is one way a node is
 //! restored. The caller has already moved the record to `Unreserving` and saved it (the
-//! intent); this finishes with `Unreserved` or `Failed`, saved, within `budget`.
+//! intent); this finishes with `Unreserved` or `Failed`, saved, within `budget` — plus, when
+//! guests had to be destroyed late, up to [`unreserve::DESTROY_OVERRUN`] to let destroys that
+//! started in time finish and the host be restored after them.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -108,8 +110,9 @@ impl Releaser {
             let stopping = tokio::task::spawn_blocking(move || {
                 unreserve::stop_guests(host.as_ref(), mine, policy, guest_budget, &force)
             });
-            // stop_guests keeps to its budget unless the hypervisor itself hangs.
-            let limit = guest_budget + Duration::from_secs(1);
+            // stop_guests keeps to its budget, but a destroy that started in time is waited
+            // for: only a hypervisor that hangs runs past the overrun.
+            let limit = guest_budget + unreserve::DESTROY_OVERRUN;
             let fates = match tokio::time::timeout(limit, stopping).await {
                 Ok(fates) => fates.unwrap_or_default(),
                 Err(_) => {
@@ -130,7 +133,8 @@ impl Releaser {
                 });
             }
         }
-        self.restore(record, until).await
+        // Guests that took long to destroy do not eat the restore's share.
+        self.restore(record, until.max(Instant::now() + keep)).await
     }
 
     /// Every guest on the host, retrying until `until`: a hypervisor that is down or

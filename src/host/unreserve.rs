@@ -1,9 +1,12 @@
 //! Stopping a lease's guests when the lease ends, the same way for every backend.
 //!
 //! The policy (`[host] on_unreserve`) says how: ACPI shutdown then destroy, managed save, or
-//! destroy at once. Whatever the policy, the whole step is bounded: guests still running
-//! when the bound is reached are destroyed, and a second SIGTERM (`force`) switches every
-//! guest to destroy at once. Guests are handled in parallel, a few at a time.
+//! destroy at once. The gentle part is bounded: guests still running when the bound is
+//! reached are destroyed, and a second SIGTERM (`force`) switches every guest to destroy at
+//! once. Destroys are never cut short by the bound. They all run at once, so ending many
+//! guests costs about one destroy, and a destroy that starts in time is waited for (up to
+//! [`DESTROY_OVERRUN`] past the bound; see `release.rs`). ACPI requests go to every guest
+//! first and the guests are then watched together, so they shut down in parallel too.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +16,29 @@ use super::{Guest, Host};
 use crate::config::UnreservePolicy;
 use crate::lease::record::GuestFate;
 
-/// How many guests are stopped at once; hypervisors serialize much of the work anyway.
-pub const STOP_CONCURRENCY: usize = 4;
+/// How many managed saves run at once: each writes the guest's memory to disk, and more in
+/// parallel only compete for the same disk.
+pub const SUSPEND_CONCURRENCY: usize = 4;
 
-/// How often a guest's state is checked while it shuts down.
+/// Most destroys run at once. A destroy is mostly waiting (for QEMU to exit, for Xen to
+/// scrub memory), so all of a lease's guests are destroyed together up to this many.
+pub const DESTROY_CONCURRENCY: usize = 32;
+
+/// How often the guests are checked while they shut down.
 const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
 
 /// Most time kept at the end of the bound for destroying guests that ignored the ACPI
-/// request (a real `virsh destroy` takes 1–2 s, more on a loaded host); at most a third of
-/// the bound.
+/// request (a real `virsh destroy` takes 0.1–2 s, more on a loaded host); at most a third of
+/// the bound. Destroys run in parallel, so this does not grow with the number of guests.
 const DESTROY_RESERVE: Duration = Duration::from_secs(5);
 
-/// Stop `guests` according to `policy` within `bound`. Never fails as a whole: each guest's
-/// fate says what happened to it, including failures.
+/// How long past the bound a destroy that started in time is still waited for before the
+/// hypervisor is taken to hang. The batch system's kill delay must cover it (docs/batch-systems.md
+/// asks for KillWait ≥ grace + 15 s).
+pub const DESTROY_OVERRUN: Duration = Duration::from_secs(10);
+
+/// Stop `guests` according to `policy`; the gentle part (ACPI shutdown) ends within `bound`.
+/// Never fails as a whole: each guest's fate says what happened to it, including failures.
 pub fn stop_guests(
     host: &dyn Host,
     guests: Vec<Guest>,
@@ -34,25 +47,54 @@ pub fn stop_guests(
     force: &AtomicBool,
 ) -> Vec<GuestFate> {
     // ACPI shutdown may use the bound minus what a destroy needs afterwards.
-    let deadline = Instant::now() + bound - DESTROY_RESERVE.min(bound / 3);
-    let queue = Mutex::new(guests);
-    let fates = Mutex::new(Vec::new());
-    let workers = STOP_CONCURRENCY.min(queue.lock().map(|q| q.len()).unwrap_or(0));
+    let gentle_until = Instant::now() + bound - DESTROY_RESERVE.min(bound / 3);
+    let (running, stopped): (Vec<_>, Vec<_>) = guests.into_iter().partition(|g| g.running);
+    let mut fates: Vec<_> = stopped
+        .iter()
+        .map(|g| fate(&g.name, "already-stopped", None))
+        .collect();
+    let names: Vec<String> = running.into_iter().map(|g| g.name).collect();
+    let to_destroy: Vec<(String, Option<String>)> = if force.load(Ordering::SeqCst) {
+        names.into_iter().map(|n| (n, None)).collect()
+    } else {
+        match policy {
+            UnreservePolicy::Destroy => names.into_iter().map(|n| (n, None)).collect(),
+            UnreservePolicy::Suspend => suspend_all(host, names, &mut fates),
+            UnreservePolicy::Shutdown => shutdown_all(host, names, gentle_until, force, &mut fates),
+        }
+    };
+    fates.extend(in_parallel(
+        to_destroy,
+        DESTROY_CONCURRENCY,
+        |(name, why)| destroy(host, &name, why),
+    ));
+    fates.sort_by(|a, b| a.name.cmp(&b.name));
+    fates
+}
+
+/// Run `work` on every item, at most `concurrency` at a time; the results in no particular
+/// order.
+fn in_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    concurrency: usize,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let workers = concurrency.min(items.len());
+    let queue = Mutex::new(items);
+    let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
-                while let Some(guest) = queue.lock().ok().and_then(|mut q| q.pop()) {
-                    let fate = stop_one(host, &guest, policy, deadline, force);
-                    if let Ok(mut f) = fates.lock() {
-                        f.push(fate);
+                while let Some(item) = queue.lock().ok().and_then(|mut q| q.pop()) {
+                    let result = work(item);
+                    if let Ok(mut r) = results.lock() {
+                        r.push(result);
                     }
                 }
             });
         }
     });
-    let mut fates = fates.into_inner().unwrap_or_default();
-    fates.sort_by(|a, b| a.name.cmp(&b.name));
-    fates
+    results.into_inner().unwrap_or_default()
 }
 
 fn fate(name: &str, fate: &str, detail: Option<String>) -> GuestFate {
@@ -63,52 +105,68 @@ fn fate(name: &str, fate: &str, detail: Option<String>) -> GuestFate {
     }
 }
 
-fn stop_one(
+/// Managed-save every guest; those whose save fails are returned to be destroyed.
+fn suspend_all(
     host: &dyn Host,
-    guest: &Guest,
-    policy: UnreservePolicy,
-    deadline: Instant,
-    force: &AtomicBool,
-) -> GuestFate {
-    if !guest.running {
-        return fate(&guest.name, "already-stopped", None);
+    names: Vec<String>,
+    fates: &mut Vec<GuestFate>,
+) -> Vec<(String, Option<String>)> {
+    let results = in_parallel(names, SUSPEND_CONCURRENCY, |name| {
+        let result = host.suspend_guest(&name);
+        (name, result)
+    });
+    let mut failed = Vec::new();
+    for (name, result) in results {
+        match result {
+            Ok(saved_to) => fates.push(fate(&name, "suspended", Some(saved_to))),
+            Err(e) => failed.push((name, Some(format!("suspend failed: {e}")))),
+        }
     }
-    if force.load(Ordering::SeqCst) {
-        return destroy(host, &guest.name, None);
-    }
-    match policy {
-        UnreservePolicy::Destroy => destroy(host, &guest.name, None),
-        UnreservePolicy::Suspend => match host.suspend_guest(&guest.name) {
-            Ok(saved_to) => fate(&guest.name, "suspended", Some(saved_to)),
-            Err(e) => destroy(host, &guest.name, Some(format!("suspend failed: {e}"))),
-        },
-        UnreservePolicy::Shutdown => shutdown(host, &guest.name, deadline, force),
-    }
+    failed
 }
 
-fn shutdown(host: &dyn Host, name: &str, deadline: Instant, force: &AtomicBool) -> GuestFate {
-    if let Err(e) = host.shutdown_guest(name) {
-        return destroy(host, name, Some(format!("shutdown request failed: {e}")));
+/// Ask every guest to shut down, then watch them all until they are off or `gentle_until`
+/// (or a second termination signal); those still running are returned to be destroyed.
+fn shutdown_all(
+    host: &dyn Host,
+    names: Vec<String>,
+    gentle_until: Instant,
+    force: &AtomicBool,
+    fates: &mut Vec<GuestFate>,
+) -> Vec<(String, Option<String>)> {
+    let mut to_destroy = Vec::new();
+    let mut waiting = Vec::new();
+    for name in names {
+        match host.shutdown_guest(&name) {
+            Ok(()) => waiting.push(name),
+            Err(e) => to_destroy.push((name, Some(format!("shutdown request failed: {e}")))),
+        }
     }
-    loop {
-        match host.guests() {
-            Ok(list) if !list.iter().any(|g| g.name == name && g.running) => {
-                return fate(name, "shut-down", None);
-            }
-            _ => {}
+    while !waiting.is_empty() {
+        // A failed listing is retried at the next check; the bound still holds.
+        if let Ok(list) = host.guests() {
+            waiting.retain(|name| {
+                let still_running = list.iter().any(|g| &g.name == name && g.running);
+                if !still_running {
+                    fates.push(fate(name, "shut-down", None));
+                }
+                still_running
+            });
         }
-        if force.load(Ordering::SeqCst) {
-            return destroy(host, name, Some("second termination signal".into()));
+        if waiting.is_empty() {
+            break;
         }
-        if Instant::now() >= deadline {
-            return destroy(
-                host,
-                name,
-                Some("did not shut down within the grace".into()),
-            );
-        }
-        std::thread::sleep(SHUTDOWN_CHECK);
+        let why = if force.load(Ordering::SeqCst) {
+            "second termination signal"
+        } else if Instant::now() >= gentle_until {
+            "did not shut down within the grace"
+        } else {
+            std::thread::sleep(SHUTDOWN_CHECK);
+            continue;
+        };
+        to_destroy.extend(waiting.drain(..).map(|n| (n, Some(why.to_string()))));
     }
+    to_destroy
 }
 
 fn destroy(host: &dyn Host, name: &str, why: Option<String>) -> GuestFate {
@@ -179,6 +237,35 @@ mod tests {
             .collect();
         assert_eq!(got, [("polite", "shut-down"), ("stubborn", "destroyed")]);
         assert!(h.guests().unwrap().iter().all(|g| !g.running));
+    }
+
+    /// Every guest is asked to shut down before any is waited for, so they shut down in
+    /// parallel: the requests all went out before the first guest could have finished.
+    #[test]
+    fn shutdown_requests_go_to_every_guest_before_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..12).map(|i| format!("g{i:02}")).collect();
+        let spec: Vec<_> = names.iter().map(|n| (n.as_str(), Some(1000))).collect();
+        let h = host_with(dir.path(), &spec);
+        let fates = stop_guests(
+            &h,
+            h.guests().unwrap(),
+            UnreservePolicy::Shutdown,
+            Duration::from_secs(60),
+            &AtomicBool::new(false),
+        );
+        assert!(fates.iter().all(|f| f.fate == "shut-down"), "{fates:?}");
+        let asked: Vec<u64> = h
+            .with_node("read", |n| {
+                Ok(n.guests
+                    .iter()
+                    .filter_map(|g| g.shutdown_requested_ms)
+                    .collect())
+            })
+            .unwrap();
+        assert_eq!(asked.len(), 12);
+        let spread = asked.iter().max().unwrap() - asked.iter().min().unwrap();
+        assert!(spread < 1000, "requests {spread} ms apart: {asked:?}");
     }
 
     #[test]
