@@ -7,6 +7,8 @@
 //! (CI sets it); otherwise it prints why it is skipped. `assets_cover_the_repository` runs
 //! everywhere: it checks the package metadata against the tree without building anything.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,14 +22,10 @@ fn repo() -> PathBuf {
 }
 
 fn enabled() -> bool {
-    let it = std::env::var("VMPILOT_IT").unwrap_or_default();
-    let on = it.split(',').any(|s| s.trim() == "deb");
-    if !on {
-        eprintln!(
-            "SKIP: the .deb install test changes the machine (dpkg -i/-P as root); set VMPILOT_IT=deb (CI does) to run it"
-        );
-    }
-    on
+    common::it_enabled(
+        "deb",
+        "the .deb install test changes the machine (dpkg -i/-P as root); set VMPILOT_IT=deb (CI does) to run it",
+    )
 }
 
 fn run(cmd: &mut Command) -> Output {

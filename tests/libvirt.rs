@@ -38,15 +38,12 @@ fn lease_id(short: &str) -> String {
 
 /// Should real-libvirt tests run? Prints the reason when not.
 fn enabled(test: &str) -> bool {
-    let it = std::env::var("VMPILOT_IT").unwrap_or_default();
-    if it.split(',').any(|c| c.trim() == "libvirt") {
-        return true;
-    }
-    eprintln!(
-        "skipping {test}: VMPILOT_IT={it:?} does not contain `libvirt` \
-         (bring the test bed up with `sudo tests/testbed/up.sh`, then set VMPILOT_IT=libvirt)"
-    );
-    false
+    common::it_enabled(
+        "libvirt",
+        &format!(
+            "skipping {test}: bring the test bed up with `sudo tests/testbed/up.sh`, then set VMPILOT_IT=libvirt"
+        ),
+    )
 }
 
 fn virsh(args: &[&str]) -> std::process::Output {

@@ -34,14 +34,12 @@ use serde_json::Value;
 const NODEFS: &str = "/var/cache/vmpilot-testbed/nodefs";
 
 fn enabled() -> bool {
-    let it = std::env::var("VMPILOT_IT").unwrap_or_default();
-    let on = it.split(',').any(|s| s.trim() == "nspawn");
-    if !on {
-        eprintln!(
-            "SKIP: the reboot test boots a systemd-nspawn node as root (debootstrap'd rootfs in {NODEFS}); set VMPILOT_IT=nspawn (CI does) to run it"
-        );
-    }
-    on
+    common::it_enabled(
+        "nspawn",
+        &format!(
+            "the reboot test boots a systemd-nspawn node as root (debootstrap'd rootfs in {NODEFS}); set VMPILOT_IT=nspawn (CI does) to run it"
+        ),
+    )
 }
 
 fn script() -> PathBuf {

@@ -15,6 +15,18 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// Should tests of the real component `what` run? `VMPILOT_IT` lists the enabled ones (CI
+/// enables them all). When it does not name `what`, the test prints why it is skipped and
+/// `needs`: what running it takes.
+pub fn it_enabled(what: &str, needs: &str) -> bool {
+    let it = std::env::var("VMPILOT_IT").unwrap_or_default();
+    let on = it.split(',').any(|c| c.trim() == what);
+    if !on {
+        eprintln!("SKIPPED: VMPILOT_IT={it:?} does not name `{what}`; {needs}");
+    }
+    on
+}
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vmpilot")

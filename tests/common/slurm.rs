@@ -7,18 +7,14 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Is this real component enabled? `VMPILOT_IT` lists them (CI sets `slurm,libvirt`); when
-/// it does not name `what`, the test prints why it is skipped.
+/// Is this real component (`slurm`, `libvirt`) enabled? See [`super::it_enabled`].
 pub fn enabled(what: &str) -> bool {
-    let on = std::env::var("VMPILOT_IT")
-        .map(|v| v.split(',').any(|c| c.trim() == what))
-        .unwrap_or(false);
-    if !on {
-        eprintln!(
-            "SKIPPED: set VMPILOT_IT={what} after `sudo tests/testbed/up.sh` to run this test against the real {what}"
-        );
-    }
-    on
+    super::it_enabled(
+        what,
+        &format!(
+            "bring the test bed up (`sudo tests/testbed/up.sh`) and set VMPILOT_IT={what} to run this test against the real {what}"
+        ),
+    )
 }
 
 /// Held while a test uses the shared Slurm: the in-process mutex and a file lock, so tests
