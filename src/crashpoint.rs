@@ -29,9 +29,9 @@ pub enum Point {
     GuestsStopped,
     /// The host gave the share back; the record does not say so yet.
     HostReleased,
-    /// The `unreserved` state is on disk; the event is not spooled yet.
+    /// The `unreserved` state is on disk with its end report due; no end event exists yet.
     UnreservedSaved,
-    /// The `unreserved` event is spooled; the pilot is about to exit.
+    /// The end events are in the record and spooled; the record does not say so yet.
     UnreservedSpooled,
 }
 

@@ -417,6 +417,7 @@ mod tests {
                     at: *at,
                 })
                 .collect(),
+            end_report: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::coordinator::directive::{self, Directive};
 use crate::coordinator::event::{EventBody, EventEnvelope, Hypervisor};
 use crate::coordinator::outbox::Outbox;
+use crate::coordinator::report;
 use crate::crashpoint::{self, Point};
 use crate::deadline;
 use crate::exit::{EnvironmentError, ExitStatus};
@@ -120,6 +121,7 @@ pub async fn run(
         guests: Vec::new(),
         last_error: None,
         history: Vec::new(),
+        end_report: Default::default(),
     };
     store.save(&record)?;
     crashpoint::hit(Point::BeginSaved);
@@ -591,33 +593,18 @@ impl Pilot {
         Ok(())
     }
 
+    /// Report how the lease ended (and who killed it, after a kill-all), exactly once even
+    /// across a crash: see `coordinator::report`.
     fn emit_end(&mut self) -> anyhow::Result<()> {
-        let guests = self.record.guests.clone();
-        let reason = self.record.end_reason;
-        let body = match self.record.state {
-            LeaseState::Unreserved => EventBody::Unreserved {
-                reason: reason.unwrap_or(EndReason::Deadline),
-                guests,
-            },
-            _ => EventBody::Failed {
-                reason,
-                error: self.record.last_error.clone().unwrap_or_default(),
-                guests,
-            },
-        };
-        // Both events go out even if the record cannot be saved after the first.
-        let ended = self.emit(body);
-        crashpoint::hit(Point::UnreservedSpooled);
+        let mut bodies = vec![report::end_body(&self.record)];
         if let Some(k) = self.killed_by.clone() {
-            let killed = self.emit(EventBody::Killed {
+            bodies.push(EventBody::Killed {
                 by: k.by,
                 why: k.why,
                 outcome: self.record.state,
             });
-            ended.and(killed)
-        } else {
-            ended
         }
+        report::report_end(&self.outbox, &self.releaser.store, &mut self.record, bodies)
     }
 
     /// Fence the lease's guests and check them against its budget whenever the host says

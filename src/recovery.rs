@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::coordinator::event::{EventBody, EventEnvelope};
+use crate::coordinator::event::EventBody;
 use crate::coordinator::outbox::Outbox;
+use crate::coordinator::report;
 use crate::lease::record::LeaseRecord;
 use crate::lease::store::Store;
 use crate::lease::{Event, LeaseState};
@@ -71,6 +72,8 @@ pub enum Planned {
     Known(Outcome),
     /// This lease must be finished.
     Finish(Box<LeaseRecord>),
+    /// This lease ended, but a crash came before its end was reported: no host work.
+    Report(Box<LeaseRecord>),
 }
 
 /// Look at every record in `scope` and decide. Cheap: reads records and `/proc` only, so an
@@ -98,6 +101,7 @@ pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<V
         }
         planned.push(match skip_reason(&record, scope, trigger) {
             Some(o) => Planned::Known(o),
+            None if record.state == LeaseState::Unreserved => Planned::Report(Box::new(record)),
             None => Planned::Finish(Box::new(record)),
         });
     }
@@ -107,6 +111,36 @@ pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<V
 /// Does the plan need the host?
 pub fn needs_host(plan: &[Planned]) -> bool {
     plan.iter().any(|p| matches!(p, Planned::Finish(_)))
+}
+
+/// Report the ends a crash left unreported (no host needed); the rest of the plan is
+/// unchanged. Never stops at the first failure.
+pub fn finish_reports(outbox: &Outbox, store: &Store, plan: Vec<Planned>) -> Vec<Planned> {
+    plan.into_iter()
+        .map(|p| match p {
+            Planned::Report(mut record) => {
+                let state = Some(record.state);
+                let done = match report::resume(outbox, store, &mut record) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        let body = report::end_body(&record);
+                        report::report_end(outbox, store, &mut record, vec![body])
+                    }
+                    Err(e) => Err(e),
+                };
+                Planned::Known(Outcome {
+                    lease: record.lease_id.to_string(),
+                    from: state,
+                    to: state,
+                    note: match done {
+                        Ok(()) => "reported the end a crash left unreported".into(),
+                        Err(e) => format!("cannot report the end: {e:#}"),
+                    },
+                })
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// Carry out a plan. Never stops at the first failure.
@@ -124,6 +158,13 @@ pub async fn execute(
             Planned::Finish(mut record) => {
                 recover_one(releaser, outbox, &mut record, trigger, budget).await?
             }
+            Planned::Report(_) => {
+                let mut done = finish_reports(outbox, &releaser.store, vec![p]);
+                match done.pop() {
+                    Some(Planned::Known(o)) => o,
+                    _ => unreachable!("finish_reports turns every report into an outcome"),
+                }
+            }
         });
     }
     Ok(outcomes)
@@ -134,7 +175,7 @@ pub fn known_outcomes(plan: Vec<Planned>) -> Vec<Outcome> {
     plan.into_iter()
         .filter_map(|p| match p {
             Planned::Known(o) => Some(o),
-            Planned::Finish(_) => None,
+            Planned::Finish(_) | Planned::Report(_) => None,
         })
         .collect()
 }
@@ -148,6 +189,7 @@ pub async fn recover_all(
     budget: Duration,
 ) -> anyhow::Result<Vec<Outcome>> {
     let planned = plan(&releaser.store, scope, trigger)?;
+    let planned = finish_reports(outbox, &releaser.store, planned);
     execute(releaser, outbox, planned, trigger, budget).await
 }
 
@@ -163,9 +205,15 @@ fn same_job(recorded: Option<&str>, asked: &str) -> bool {
 }
 
 fn skip_reason(record: &LeaseRecord, scope: &Scope, trigger: &Trigger) -> Option<Outcome> {
-    let note = if record.state == LeaseState::Unreserved {
+    let ended = record.state == LeaseState::Unreserved;
+    let note = if ended && record.end_report.is_done() {
         "already finished"
-    } else if !scope.boot && matches!(trigger, Trigger::PilotLost) && record.pilot.is_alive() {
+    } else if !scope.boot
+        && (ended || matches!(trigger, Trigger::PilotLost))
+        && record.pilot.is_alive()
+    {
+        // A live pilot finishes its own lease, and its own report: a second one from here
+        // would reach the coordinator as a different event.
         "pilot still running"
     } else {
         return None;
@@ -186,6 +234,9 @@ async fn recover_one(
     budget: Duration,
 ) -> anyhow::Result<Outcome> {
     let from = record.state;
+    // A failed lease's report that a crash interrupted goes out first, as it was written;
+    // the recovery's own event then says how the lease really ended.
+    report::resume(outbox, &releaser.store, record)?;
     let (event, force) = match trigger {
         Trigger::PilotLost => (Event::PilotLost, false),
         Trigger::Admin { force, .. } => (Event::AdminKill, *force),
@@ -212,9 +263,7 @@ async fn recover_one(
             outcome,
         },
     };
-    let event = EventEnvelope::new(record, body);
-    releaser.store.save(record)?;
-    outbox.emit(&event)?;
+    report::report_end(outbox, &releaser.store, record, vec![body])?;
     Ok(Outcome {
         lease: record.lease_id.to_string(),
         from: Some(from),

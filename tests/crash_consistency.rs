@@ -6,8 +6,32 @@
 
 mod common;
 
+use common::coordinator::{Mode, TestCoordinator};
 use common::{Node, Pilot, stderr, stdout};
 use vmpilot::crashpoint::Point;
+
+const SECRET: &str = "crash-secret-0123456789abcdef";
+
+/// The events that say how a lease ended.
+const END_EVENTS: [&str; 3] = ["unreserved", "failed", "recovered"];
+
+/// Nothing lost, nothing applied twice: of the lease's events the coordinator applied
+/// (each id once), exactly one says how it ended, and it is the last.
+fn assert_end_reported_once(coordinator: &TestCoordinator, lease: &str, point: Point) {
+    let types = coordinator.types_for(lease);
+    let ends: Vec<_> = types
+        .iter()
+        .filter(|t| END_EVENTS.contains(&t.as_str()))
+        .collect();
+    assert_eq!(ends.len(), 1, "{}: events {types:?}", point.name());
+    assert!(
+        END_EVENTS.contains(&types.last().unwrap().as_str()),
+        "{}: events {types:?}",
+        point.name()
+    );
+    let types: Vec<&str> = types.iter().map(String::as_str).collect();
+    coordinator.assert_exactly_once(lease, &types);
+}
 
 fn recover_ok(node: &Node, point: Point) {
     let out = node.run(&["recover"]);
@@ -22,18 +46,21 @@ fn recover_ok(node: &Node, point: Point) {
 
 #[test]
 fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
-    // All points at once, one node each, so the sweep takes one lease's time.
+    // All points at once, one node each, so the sweep takes one lease's time. One
+    // coordinator hears them all (a lease id per point).
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let runs: Vec<(Point, Node, Pilot)> = Point::ALL
         .iter()
         .map(|&point| {
-            let node = Node::new("");
+            let node = Node::with_coordinator(&coordinator.url, SECRET, "");
             // A guest owned by the lease, as a coordinator would have started.
-            node.add_guest("g", Some("crash"), &["--shutdown-delay", "100ms"]);
-            let pilot = node.spawn_lease("crash", "3s", Some(point.name()));
+            node.add_guest("g", Some(point.name()), &["--shutdown-delay", "100ms"]);
+            let pilot = node.spawn_lease(point.name(), "3s", Some(point.name()));
             (point, node, pilot)
         })
         .collect();
     for (point, node, pilot) in runs {
+        let lease = point.name();
         let (code, err) = pilot.finish();
         assert_eq!(
             code,
@@ -42,8 +69,13 @@ fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
             point.name()
         );
         recover_ok(&node, point);
-        let r = node.record("crash").unwrap();
+        let r = node.record(lease).unwrap();
         assert_eq!(r["state"], "unreserved", "{}: {r}", point.name());
+        assert!(
+            r.get("end_report").is_none(),
+            "{}: end report left unfinished: {r}",
+            point.name()
+        );
         assert!(
             node.reservations().is_empty(),
             "{}: host not at baseline: {:?}",
@@ -72,20 +104,31 @@ fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
             point.name(),
             stdout(&again)
         );
+        assert_eq!(
+            node.spooled(),
+            0,
+            "{}: events left undelivered",
+            point.name()
+        );
+        assert_end_reported_once(&coordinator, lease, point);
     }
 }
 
 #[test]
 fn a_recovery_killed_part_way_is_finished_by_the_next_one() {
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     for point in [
         Point::GuestsStopped,
         Point::HostReleased,
         Point::UnreservedSaved,
+        Point::UnreservedSpooled,
     ] {
-        let node = Node::new("");
-        node.add_guest("g", Some("rk"), &[]);
-        let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "rk"]);
-        node.wait_state("rk", "reserved");
+        let lease = format!("rk-{}", point.name());
+        let lease = lease.as_str();
+        let node = Node::with_coordinator(&coordinator.url, SECRET, "");
+        node.add_guest("g", Some(lease), &[]);
+        let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", lease]);
+        node.wait_state(lease, "reserved");
         pilot.signal(nix::sys::signal::Signal::SIGKILL);
         pilot.finish();
         let out = node
@@ -100,13 +143,17 @@ fn a_recovery_killed_part_way_is_finished_by_the_next_one() {
             point.name()
         );
         recover_ok(&node, point);
-        assert_eq!(
-            node.record("rk").unwrap()["state"],
-            "unreserved",
-            "{}",
-            point.name()
-        );
+        let r = node.record(lease).unwrap();
+        assert_eq!(r["state"], "unreserved", "{}: {r}", point.name());
+        assert!(r.get("end_report").is_none(), "{}: {r}", point.name());
         assert!(node.reservations().is_empty(), "{}", point.name());
         assert_eq!(node.guest_state("g"), "shut-off");
+        assert_eq!(
+            node.spooled(),
+            0,
+            "{}: events left undelivered",
+            point.name()
+        );
+        assert_end_reported_once(&coordinator, lease, point);
     }
 }

@@ -34,6 +34,7 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
     let trigger = Trigger::PilotLost;
     let planned = recovery::plan(&store, &scope, &trigger)?;
     let outbox = Outbox::open(&config)?;
+    let planned = recovery::finish_reports(&outbox, &store, planned);
     let outcomes = if recovery::needs_host(&planned) {
         let host = crate::host::open(&config)?;
         let budget = config.lease.grace.get();

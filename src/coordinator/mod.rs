@@ -10,5 +10,6 @@ pub mod client;
 pub mod directive;
 pub mod event;
 pub mod outbox;
+pub mod report;
 pub mod signature;
 pub mod spool;

@@ -103,6 +103,19 @@ impl Outbox {
         Ok(())
     }
 
+    /// [`Outbox::emit`], unless the spool already holds this very event (an interrupted
+    /// report being finished). One that was already delivered goes again: the coordinator
+    /// knows its id and takes it once.
+    pub fn emit_once(&self, event: &EventEnvelope) -> Result<(), SpoolError> {
+        if let Some(spool) = &self.spool
+            && spool.holds(&event.event_id)?
+        {
+            tracing::info!(id = %event.event_id, event = event.body.kind(), "already spooled");
+            return Ok(());
+        }
+        self.emit(event)
+    }
+
     /// An event that will not be delivered: print it whole, at error level, so the log
     /// holds the one copy left, and count it ([`Outbox::lost`]).
     pub fn report_lost(&self, event: &EventEnvelope, why: &str) {

@@ -100,6 +100,15 @@ impl Spool {
         Ok(path)
     }
 
+    /// Is the event with this id waiting in the spool?
+    pub fn holds(&self, event_id: &str) -> Result<bool, SpoolError> {
+        let suffix = format!("-{event_id}.json");
+        Ok(self
+            .pending()?
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&suffix)))
+    }
+
     /// Waiting events, oldest first.
     pub fn pending(&self) -> Result<Vec<PathBuf>, SpoolError> {
         list_json(&self.dir)

@@ -141,15 +141,52 @@ pub struct LeaseRecord {
     pub last_error: Option<String>,
     /// Every state entered.
     pub history: Vec<HistoryEntry>,
+    /// Whether the events that report the lease's end are safely spooled. Absent (done) in
+    /// records written before it existed.
+    #[serde(default, skip_serializing_if = "EndReport::is_done")]
+    pub end_report: EndReport,
+}
+
+/// Reporting a lease's end without losing it or sending it twice as new. The record is the
+/// spool's write-ahead log for its last events: entering `unreserved` or `failed` makes the
+/// report `Due` in the same save; the events are then written here (`Spooling`), saved,
+/// spooled, and the report is `Done`. A crash anywhere in between leaves `Due` or
+/// `Spooling`, and `recover` finishes the report (`Spooling`: the very same events, whose
+/// ids the coordinator already knows if they did get through). See `coordinator::report`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "kebab-case", tag = "step", deny_unknown_fields)]
+pub enum EndReport {
+    /// Nothing to report, or reported.
+    #[default]
+    Done,
+    /// The lease ended; no event about it exists yet.
+    Due,
+    /// These events report the end; they may or may not be in the spool yet.
+    Spooling {
+        /// The events, exactly as spooled.
+        events: Vec<crate::coordinator::event::EventEnvelope>,
+    },
+}
+
+impl EndReport {
+    /// Nothing left to do.
+    pub fn is_done(&self) -> bool {
+        matches!(self, EndReport::Done)
+    }
 }
 
 impl LeaseRecord {
     /// Apply `event` through [`transition`], stamping the history. The first event that
     /// ends the lease sets `end_reason`; later ones (a second SIGTERM) do not overwrite it.
+    /// Entering `unreserved` or `failed` makes the end report [`EndReport::Due`], so the
+    /// save that records the end also records that it must be reported.
     pub fn apply(&mut self, event: &Event) -> Result<LeaseState, TransitionError> {
         let to = transition(self.state, event)?;
         if self.end_reason.is_none() {
             self.end_reason = event.end_reason();
+        }
+        if matches!(to, LeaseState::Unreserved | LeaseState::Failed) {
+            self.end_report = EndReport::Due;
         }
         self.state = to;
         self.history.push(HistoryEntry {
