@@ -119,13 +119,8 @@ fn a_coordinator_hanging_on_every_request_delays_nothing_and_gets_each_event_onc
 /// Garbage replies: a 502 with an HTML body, then a 200 whose body is not JSON,
 /// not UTF-8, truncated, over 64 KiB, or JSON with tempting but malformed `release`/`shorten`
 /// directives for this very lease (tests/common/coordinator.rs, `Mode::Garbage`). None may
-/// end or shorten the lease; every event still arrives once.
-///
-/// Protocol v1 replies carry no signature (docs/protocol.md): their authenticity rests on
-/// TLS. So the "wrong signature in replies" cell has nothing to test on the pilot's side;
-/// what can be tested — that nothing but a well-formed directive for exactly this lease and
-/// epoch is obeyed — is tested here and in tests/callbacks.rs (stale epochs, other leases,
-/// unknown types).
+/// end or shorten the lease; every event still arrives once. (The garbage is signed as the
+/// protocol asks: this is a trusted coordinator talking nonsense. Forged replies are below.)
 #[test]
 fn garbage_replies_are_never_obeyed_and_every_event_arrives_once() {
     let coordinator = TestCoordinator::start(SECRET, Mode::Garbage);
@@ -169,6 +164,45 @@ fn garbage_replies_are_never_obeyed_and_every_event_arrives_once() {
     }
     assert_eq!(node.spooled(), 0);
     coordinator.assert_exactly_once("junk", &["reserved", "unreserving", "unreserved"]);
+}
+
+/// Wrong signature in replies, for a whole lease: every reply is a 200 with a well-formed
+/// `release` directive for this very lease, signed with a secret the pilot does not have (a
+/// forged acknowledgement, or a coordinator without this node's secret). The pilot obeys
+/// none and takes no event as delivered: they stay spooled, and the deadline holds. Once the
+/// replies are signed right, `recover` delivers them; the coordinator, which had applied them
+/// already, applies each once.
+#[test]
+fn replies_with_a_wrong_signature_are_neither_obeyed_nor_taken_as_delivered() {
+    let coordinator = TestCoordinator::start(SECRET, Mode::ForgedReplies);
+    coordinator.set_directives(vec![
+        serde_json::json!({"type": "release", "lease_id": "forged", "epoch": 1}),
+    ]);
+    let node = node_for(&coordinator.url);
+    let out = run_lease(&node, "forged", "4s");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_deadline_held_and_restored(&node, "forged");
+    let r = node.record("forged").unwrap();
+    assert_eq!(
+        r["end_reason"], "deadline",
+        "a directive in a forged reply was obeyed"
+    );
+    assert!(
+        stderr(&out).contains("signature does not check out"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        node.spooled(),
+        3,
+        "reserved, unreserving and unreserved must wait in the spool"
+    );
+    coordinator.set_mode(Mode::Accept);
+    coordinator.set_directives(Vec::new());
+    let out = node.run(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.spooled(), 0);
+    coordinator.assert_exactly_once("forged", &["reserved", "unreserving", "unreserved"]);
 }
 
 /// HTTPS to a coordinator whose certificate comes from a CA the pilot does not trust: the

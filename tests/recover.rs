@@ -154,13 +154,34 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
         .unwrap();
     assert_eq!(frozen_status["pilot_alive"], true, "{frozen_status}");
 
-    // Terminal records (ended normally, or crashed after the end was on disk) stay as they are.
-    let terminal: Vec<String> = crash_states
+    // Terminal records whose end was reported stay as they are. Those killed between saving
+    // the end and finishing its report (`end_report` in the record) only get the report
+    // finished: a `due` one its `unreserved` event, a `spooling` one nothing new (its events
+    // are in the spool already).
+    let ended: Vec<(String, Value)> = crash_states
         .iter()
         .filter(|(_, s)| *s == "unreserved")
+        .map(|(l, _)| (l.clone(), node.record(l).unwrap()))
+        .collect();
+    let terminal: Vec<String> = ended
+        .iter()
+        .filter(|(_, r)| r.get("end_report").is_none())
         .map(|(l, _)| l.clone())
         .chain(["done".to_string()])
         .collect();
+    let unreported: Vec<(String, Value)> = ended
+        .into_iter()
+        .filter(|(_, r)| r.get("end_report").is_some())
+        .collect();
+    let due: Vec<String> = unreported
+        .iter()
+        .filter(|(_, r)| r["end_report"]["step"] == "due")
+        .map(|(l, _)| l.clone())
+        .collect();
+    assert!(
+        !due.is_empty() && unreported.len() > due.len(),
+        "a crash after saving the end and one after spooling it: {unreported:?}"
+    );
     let before: BTreeMap<String, Vec<u8>> = terminal
         .iter()
         .map(|l| (l.clone(), record_bytes(&node, l)))
@@ -220,6 +241,15 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
             "{lease}: terminal record rewritten"
         );
     }
+    for (lease, was) in &unreported {
+        let r = node.record(lease).unwrap();
+        assert!(r.get("end_report").is_none(), "{lease}: {r}");
+        assert_eq!(
+            r["history"], was["history"],
+            "{lease}: only the report changes"
+        );
+        assert!(table.contains("reported the end"), "{lease}:\n{table}");
+    }
     // One `recovered` event per finished lease, nothing for the finished ones.
     let (spooled_after, files_after) = spool(&node);
     let new: Vec<(String, String)> = spooled_after
@@ -229,9 +259,16 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
         .collect();
     assert_eq!(
         files_after.len() - files_before.len(),
-        unfinished.len(),
+        unfinished.len() + due.len(),
         "new events: {new:?}"
     );
+    for lease in &due {
+        let n = new
+            .iter()
+            .filter(|(l, t)| l == lease && t == "unreserved")
+            .count();
+        assert_eq!(n, 1, "{lease}: {new:?}");
+    }
     for lease in &unfinished {
         let n = new
             .iter()
@@ -244,6 +281,7 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
     let records: BTreeMap<String, Vec<u8>> = unfinished
         .iter()
         .chain(terminal.iter())
+        .chain(unreported.iter().map(|(l, _)| l))
         .map(|l| (l.clone(), record_bytes(&node, l)))
         .collect();
     let again = node.run(&["recover", "--boot"]);

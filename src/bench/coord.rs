@@ -1,6 +1,6 @@
 //! A minimal loopback coordinator (axum): it checks each request's signature, parses the
 //! event, applies each event id once and answers `{"status":"applied","directives":[]}`,
-//! storing nothing. It has two uses:
+//! signed as the protocol asks, storing nothing. It has two uses:
 //!
 //! - in the bench process, where pilots and baseline routines report to it, so the arrival
 //!   of an event is timed on the same clock that started the process ([`Loopback`]);
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::routing::{get, post};
-use vmpilot::coordinator::signature::{SIGNATURE_HEADER, Secret, verify};
+use vmpilot::coordinator::signature::{SIGNATURE_HEADER, Secret, sign_reply, verify_which};
 
 /// What arrived, keyed by `(lease_id, type)`: arrival instants in order.
 #[derive(Default, Debug)]
@@ -53,17 +53,17 @@ async fn events(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> (StatusCode, [(HeaderName, String); 1], &'static str) {
     let at = Instant::now();
     let header = headers
         .get(SIGNATURE_HEADER)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let signed = verify(&shared.secrets, header, &body, unix_now(), 300).is_ok();
+    let signed = verify_which(&shared.secrets, header, &body, unix_now(), 300).ok();
     let event = serde_json::from_slice::<serde_json::Value>(&body).ok();
     if let Some(arrivals) = &shared.arrivals {
         let mut a = arrivals.lock().unwrap_or_else(|e| e.into_inner());
-        if !signed {
+        if signed.is_none() {
             a.bad_signatures += 1;
         } else if let Some(e) = &event {
             let id = e["event_id"].as_str().unwrap_or("").to_string();
@@ -82,11 +82,16 @@ async fn events(
         drop(a);
         shared.changed.notify_all();
     }
-    match (signed, event) {
-        (false, _) => (StatusCode::UNAUTHORIZED, r#"{"error":"bad signature"}"#),
-        (true, None) => (StatusCode::BAD_REQUEST, r#"{"error":"not JSON"}"#),
-        (true, Some(_)) => (StatusCode::OK, r#"{"status":"applied","directives":[]}"#),
-    }
+    let (status, reply) = match (signed, event) {
+        (None, _) => (StatusCode::UNAUTHORIZED, r#"{"error":"bad signature"}"#),
+        (Some(_), None) => (StatusCode::BAD_REQUEST, r#"{"error":"not JSON"}"#),
+        (Some(_), Some(_)) => (StatusCode::OK, r#"{"status":"applied","directives":[]}"#),
+    };
+    let reply_signature = signed
+        .map(|secret| sign_reply(secret, unix_now(), header, reply.as_bytes()))
+        .unwrap_or_default();
+    let name = HeaderName::from_static("vmpilot-signature");
+    (status, [(name, reply_signature)], reply)
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::signature::{SIGNATURE_HEADER, Secret, sign};
+use super::signature::{SIGNATURE_HEADER, Secret, sign, verify_reply};
 
 /// How a POST ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,10 @@ const MAX_LOGGED_BODY: usize = 512;
 
 /// Longest 2xx reply body read for directives.
 const MAX_REPLY_BODY: usize = 64 * 1024;
+
+/// How far a reply's signature time may be from the pilot's clock, seconds: as generous as
+/// the coordinator's usual replay window. The reply is bound to its request anyway.
+const REPLY_WINDOW_SECS: i64 = 300;
 
 impl CoordinatorClient {
     /// A client for the coordinator at `base_url`.
@@ -130,32 +134,59 @@ impl CoordinatorClient {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        let signature = sign(&self.secret, t, body);
         let request = self
             .http
             .post(&self.events_url)
             .timeout(self.timeout.min(left).max(Duration::from_millis(50)))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, sign(&self.secret, t, body))
+            .header(SIGNATURE_HEADER, &signature)
             .body(body.to_vec());
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => return PostOutcome::Transient(describe_send_error(&e)),
         };
         let status = response.status();
-        // A 2xx reply carries directives and is parsed whole (up to MAX_REPLY_BODY, beyond
+        let reply_signature = response
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        // A 2xx reply carries directives and is read whole (up to MAX_REPLY_BODY, beyond
         // which it is garbage anyway); an error reply is only logged, so it is cut short.
         let (full, too_long) = read_capped(response, MAX_REPLY_BODY).await;
         if status.is_success() {
             if too_long {
-                tracing::warn!(
-                    limit = MAX_REPLY_BODY,
-                    "coordinator reply too long; ignoring its directives"
-                );
-                return PostOutcome::Accepted(String::new());
+                // Too long to check its signature: as good as no answer.
+                return PostOutcome::Transient(format!(
+                    "coordinator answered {status} with a reply over {MAX_REPLY_BODY} bytes; not taken as delivered"
+                ));
             }
-            return PostOutcome::Accepted(full);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            if let Err(e) = verify_reply(
+                &self.secret,
+                &reply_signature,
+                &signature,
+                &full,
+                now,
+                REPLY_WINDOW_SECS,
+            ) {
+                return PostOutcome::Transient(format!(
+                    "coordinator answered {status}, but its reply's signature does not check out ({e}): \
+                     not taken as delivered and its directives ignored; the coordinator must sign its replies \
+                     with this node's secret (docs/protocol.md)"
+                ));
+            }
+            return PostOutcome::Accepted(String::from_utf8_lossy(&full).into_owned());
         }
-        let text: String = full.chars().take(MAX_LOGGED_BODY).collect();
+        let text: String = String::from_utf8_lossy(&full)
+            .chars()
+            .take(MAX_LOGGED_BODY)
+            .collect();
         if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
             PostOutcome::Rejected {
                 status: status.as_u16(),
@@ -205,14 +236,14 @@ fn describe_send_error(e: &reqwest::Error) -> String {
 }
 
 /// Read at most `cap` bytes of a reply, so a misbehaving coordinator cannot make the pilot
-/// buffer an endless body. Returns the text and whether it was cut.
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> (String, bool) {
+/// buffer an endless body. Returns the bytes and whether they were cut.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         if buf.len() + chunk.len() > cap {
-            return (String::from_utf8_lossy(&buf).into_owned(), true);
+            return (buf, true);
         }
         buf.extend_from_slice(&chunk);
     }
-    (String::from_utf8_lossy(&buf).into_owned(), false)
+    (buf, false)
 }

@@ -3,6 +3,11 @@
 //! The timestamp is inside the MAC so a captured request cannot be replayed outside the
 //! receiver's window; several secrets may be accepted at once so a site can rotate its
 //! secret without a flag day. Comparison is constant-time (`Mac::verify_slice`).
+//!
+//! The coordinator signs its 2xx replies the same way, over the request's own signature
+//! header, a newline and the reply body ([`sign_reply`]): a reply is only good for the
+//! request it answers, so a forged or replayed "applied" can neither make the pilot drop
+//! an undelivered event nor slip it a directive.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -135,6 +140,46 @@ pub fn verify(
     now: i64,
     window: i64,
 ) -> Result<(), SignatureError> {
+    verify_which(secrets, header, body, now, window).map(drop)
+}
+
+/// The message a reply's signature covers: the request's signature header, a newline, the
+/// reply body.
+fn reply_message(request_header: &str, reply_body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(request_header.len() + 1 + reply_body.len());
+    message.extend_from_slice(request_header.as_bytes());
+    message.push(b'\n');
+    message.extend_from_slice(reply_body);
+    message
+}
+
+/// The coordinator's signature header for `reply_body`, answering the request whose
+/// signature header was `request_header`, signed at unix time `t`.
+pub fn sign_reply(secret: &Secret, t: i64, request_header: &str, reply_body: &[u8]) -> String {
+    sign(secret, t, &reply_message(request_header, reply_body))
+}
+
+/// Check a reply's signature header (see [`sign_reply`]).
+pub fn verify_reply(
+    secret: &Secret,
+    header: &str,
+    request_header: &str,
+    reply_body: &[u8],
+    now: i64,
+    window: i64,
+) -> Result<(), SignatureError> {
+    let message = reply_message(request_header, reply_body);
+    verify(std::slice::from_ref(secret), header, &message, now, window)
+}
+
+/// [`verify`], saying which secret matched (the coordinator signs its reply with it).
+pub fn verify_which<'a>(
+    secrets: &'a [Secret],
+    header: &str,
+    body: &[u8],
+    now: i64,
+    window: i64,
+) -> Result<&'a Secret, SignatureError> {
     let mut t = None;
     let mut macs = Vec::new();
     for part in header.split(',') {
@@ -158,7 +203,7 @@ pub fn verify(
             mac.update(b".");
             mac.update(body);
             if mac.verify_slice(given).is_ok() {
-                return Ok(());
+                return Ok(secret);
             }
         }
     }
@@ -208,6 +253,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_reply_verifies_only_for_the_request_it_answers() {
+        let s = Secret::new("reply-secret-0123456789");
+        let request = sign(&s, 1000, b"event-1");
+        let other = sign(&s, 1000, b"event-2");
+        let reply = sign_reply(&s, 1001, &request, b"{\"status\":\"applied\"}");
+        let ok = |h: &str, req: &str, body: &[u8]| verify_reply(&s, h, req, body, 1002, 300);
+        assert_eq!(ok(&reply, &request, b"{\"status\":\"applied\"}"), Ok(()));
+        // Replayed for another request, tampered with, or signed with another secret.
+        assert_eq!(
+            ok(&reply, &other, b"{\"status\":\"applied\"}"),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            ok(
+                &reply,
+                &request,
+                b"{\"status\":\"applied\",\"directives\":[]}"
+            ),
+            Err(SignatureError::Mismatch)
+        );
+        let forged = sign_reply(
+            &Secret::new("wrong-secret-0123456789"),
+            1001,
+            &request,
+            b"{}",
+        );
+        assert_eq!(ok(&forged, &request, b"{}"), Err(SignatureError::Mismatch));
+        assert_eq!(ok("", &request, b"{}"), Err(SignatureError::Malformed));
     }
 
     #[test]

@@ -28,7 +28,9 @@ use super::message::{IngestStatus, MessageError, SUPPORTED_PROTOCOLS, parse_even
 use super::pool::SubmitRequest;
 use super::query;
 use super::web;
-use crate::coordinator::signature::{SIGNATURE_HEADER, Secret, SignatureError, sign, verify};
+use crate::coordinator::signature::{
+    SIGNATURE_HEADER, Secret, SignatureError, sign, sign_reply, verify, verify_which,
+};
 
 /// The routes, with the body limit applied to every request.
 pub fn router(state: AppState) -> Router {
@@ -135,7 +137,7 @@ async fn post_event(
             )
         })?;
     let window = state.config.replay_window.as_secs() as i64;
-    verify(&state.config.secrets, signature, &body, unix_now(), window).map_err(|e| {
+    let secret = verify_which(&state.config.secrets, signature, &body, unix_now(), window).map_err(|e| {
         tracing::warn!("refused an event: {e}");
         let hint = match e {
             SignatureError::Stale { .. } => "; check the clocks of the node and the coordinator",
@@ -157,7 +159,21 @@ async fn post_event(
     if reply.status == IngestStatus::Applied {
         guests::after_event(&state, &event);
     }
-    Ok(Json(reply).into_response())
+    // Signed with the secret the pilot used, over its request's signature: see
+    // `coordinator::signature`.
+    let bytes = serde_json::to_vec(&reply).expect("a reply serializes");
+    let reply_signature = sign_reply(secret, unix_now(), signature, &bytes);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (
+                header::HeaderName::from_static("vmpilot-signature"),
+                reply_signature,
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// Operator endpoints: `Authorization: Bearer <admin token>`.

@@ -1,5 +1,6 @@
 //! A test coordinator: real HTTP on 127.0.0.1 (axum), which checks every request's
-//! signature with the shared secret, applies each event id once, and records what it got.
+//! signature with the shared secret, applies each event id once, records what it got, and
+//! signs its 2xx replies as the protocol asks.
 //! It can misbehave on demand ([`Mode`], switchable while it runs) and serve HTTPS with a
 //! certificate from a private test CA ([`TestCa`]).
 
@@ -11,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::routing::post;
 use serde_json::Value;
-use vmpilot::coordinator::signature::{SIGNATURE_HEADER, Secret, verify};
+use vmpilot::coordinator::signature::{SIGNATURE_HEADER, Secret, sign_reply, verify};
 
 /// How the test coordinator answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub enum Mode {
     /// a 200 whose body is garbage (applied); heartbeats always get the garbage 200: not JSON, not UTF-8, truncated, over-long, or JSON with tempting but
     /// malformed `release`/`shorten` directives for the very lease that sent the event.
     Garbage,
+    /// Applies every event and answers 200 with the directives set, but signs the reply
+    /// with a secret the pilot does not have: a forged or misconfigured acknowledgement.
+    ForgedReplies,
 }
 
 #[derive(Default)]
@@ -112,7 +116,37 @@ async fn events(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, Vec<u8>) {
+) -> (StatusCode, [(HeaderName, String); 1], Vec<u8>) {
+    let (status, reply) = answer(shared.as_ref(), &headers, &body).await;
+    let request_signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let key = if *shared.mode.lock().unwrap() == Mode::ForgedReplies {
+        Secret::new("not-the-pilots-secret-0123456789")
+    } else {
+        shared.secret.clone()
+    };
+    let signature = if status.is_success() {
+        sign_reply(&key, unix_now(), request_signature, &reply)
+    } else {
+        String::new()
+    };
+    (
+        status,
+        [(HeaderName::from_static("vmpilot-signature"), signature)],
+        reply,
+    )
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> (StatusCode, Vec<u8>) {
     if *shared.mode.lock().unwrap() == Mode::Hang {
         shared.log.lock().unwrap().posts += 1;
         let until = Instant::now() + Duration::from_secs(30);
@@ -125,14 +159,14 @@ async fn events(
         return (StatusCode::SERVICE_UNAVAILABLE, Vec::new());
     }
     let garbage = *shared.mode.lock().unwrap() == Mode::Garbage;
-    if garbage && first_try_of_durable_event(&shared, &body) {
+    if garbage && first_try_of_durable_event(shared, body) {
         shared.log.lock().unwrap().posts += 1;
         let html = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
         return (StatusCode::BAD_GATEWAY, html.to_vec());
     }
-    let status = apply(&shared, &headers, &body);
+    let status = apply(shared, headers, body);
     let reply = if status == StatusCode::OK && garbage {
-        garbage_reply(&shared, &body)
+        garbage_reply(shared, body)
     } else if status == StatusCode::OK {
         serde_json::json!({"status": "applied", "directives": *shared.directives.lock().unwrap()})
             .to_string()
@@ -194,17 +228,21 @@ fn apply(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> StatusCode {
     match *shared.mode.lock().unwrap() {
         Mode::Unavailable => return StatusCode::SERVICE_UNAVAILABLE,
         Mode::Reject => return StatusCode::BAD_REQUEST,
-        Mode::Accept | Mode::Hang | Mode::Garbage => {}
+        Mode::Accept | Mode::Hang | Mode::Garbage | Mode::ForgedReplies => {}
     }
     let header = headers
         .get(SIGNATURE_HEADER)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    if verify(std::slice::from_ref(&shared.secret), header, body, now, 300).is_err() {
+    if verify(
+        std::slice::from_ref(&shared.secret),
+        header,
+        body,
+        unix_now(),
+        300,
+    )
+    .is_err()
+    {
         log.bad_signatures += 1;
         return StatusCode::UNAUTHORIZED;
     }
