@@ -122,3 +122,89 @@ fn a_pilot_asking_for_more_than_its_job_was_given_is_refused() {
         assert!(node.reservations().is_empty());
     }
 }
+
+/// `kill-all --cluster` is the one place vmpilot runs `squeue`. Missing, hanging, failing or
+/// printing something other than the asked-for format, it must fail clearly (exit 3, naming
+/// `squeue` and what went wrong) and cancel nothing — never report "no pilot jobs found".
+/// Then: jobs listed and cancelled, but `squeue` breaking while kill-all waits for them to
+/// leave, still gives the report, each job "not confirmed gone", and a non-zero exit. The
+/// `squeue`/`scancel` here are FAKES; tests/slurm_cluster.rs runs the real ones.
+#[test]
+fn kill_all_cluster_with_a_broken_squeue_is_clear_and_cancels_nothing() {
+    let node = Node::new("[lrm]\nkind = \"slurm\"\ncommand_timeout = \"1s\"\n");
+    let bin = node.dir.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let cancelled = node.dir.path().join("scancel.log");
+    fake(
+        &bin,
+        "scancel",
+        &format!("echo \"$@\" >> {}", cancelled.display()),
+    );
+    let kill_all = || {
+        node.cmd(&["kill-all", "--cluster", "--yes"])
+            .env("PATH", &bin)
+            .output()
+            .unwrap()
+    };
+    let squeue = bin.join("squeue");
+    let cases = [
+        ("missing", None, "`squeue` was not found"),
+        (
+            "hanging",
+            Some("exec /bin/sleep 30"),
+            "did not finish within",
+        ),
+        (
+            "failing",
+            Some(
+                "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
+            ),
+            "Unable to contact slurm controller",
+        ),
+        (
+            "babbling",
+            Some(
+                "echo '12|vmpilot|vmpilot-pilot|RUNNING|n1'; echo '<html><body>502 Bad Gateway</body></html>'",
+            ),
+            "not a job in the format",
+        ),
+    ];
+    for (what, body, needle) in cases {
+        let _ = std::fs::remove_file(&squeue);
+        if let Some(body) = body {
+            fake(&bin, "squeue", body);
+        }
+        let out = kill_all();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+        assert!(err.contains(needle), "{what}: {err}");
+        assert!(err.contains("nothing was cancelled"), "{what}: {err}");
+        assert!(
+            !common::stdout(&out).contains("no pilot jobs found"),
+            "{what}: {}",
+            common::stdout(&out)
+        );
+        assert!(!cancelled.exists(), "{what}: a job was cancelled");
+    }
+
+    // Listed and cancelled, then squeue fails while kill-all waits for the job to leave.
+    let listed = node.dir.path().join("listed");
+    fake(
+        &bin,
+        "squeue",
+        &format!(
+            "if [ -e {0} ]; then echo 'squeue: error: slurm_receive_msg: Socket timed out' >&2; exit 1; fi\n/usr/bin/touch {0}\necho '41|vmpilot|vmpilot-pilot|RUNNING|n1'",
+            listed.display()
+        ),
+    );
+    let out = kill_all();
+    let (text, err) = (common::stdout(&out), stderr(&out));
+    assert_eq!(std::fs::read_to_string(&cancelled).unwrap().trim(), "41");
+    assert!(
+        text.contains("41")
+            && text.contains("not confirmed gone")
+            && text.contains("Socket timed out"),
+        "{text}\n{err}"
+    );
+    assert_ne!(out.status.code(), Some(0), "{text}\n{err}");
+}

@@ -160,7 +160,11 @@ async fn kill_cluster(config: &crate::config::Config) -> anyhow::Result<ExitStat
     let timeout = config.lrm.command_timeout.get();
     let results = cluster
         .cancel_all(timeout, Duration::from_secs(120))
-        .await?;
+        .await
+        .map_err(|e| EnvironmentError {
+            problem: format!("cannot list the pilot jobs, so nothing was cancelled: {e}"),
+            hint: "check that the batch system answers (`scontrol ping` / `qstat -B`) and that `[lrm] command_timeout` is long enough, then run kill-all --cluster again; each node's own `vmpilot kill-all` works without the batch system".into(),
+        })?;
     println!("{:<12} {:<12} {:<16} RESULT", "JOB", "STATE", "NODES");
     for r in &results {
         println!(

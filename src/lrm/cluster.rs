@@ -46,34 +46,63 @@ pub enum Cluster {
     Pbs,
 }
 
-/// Parse `squeue -h -o '%i|%j|%k|%T|%N'`: pilots are the jobs with the pilots' name AND comment.
-pub fn parse_squeue(text: &str) -> Vec<PilotJob> {
-    text.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.trim().splitn(5, '|').collect();
-            match f.as_slice() {
-                [id, name, comment, state, nodes]
-                    if *name == PILOT_JOB_NAME && *comment == PILOT_COMMENT =>
-                {
-                    Some(PilotJob {
-                        id: id.to_string(),
-                        state: state.to_string(),
-                        nodes: nodes.to_string(),
-                    })
-                }
-                _ => None,
-            }
-        })
-        .collect()
+/// Why the pilot jobs could not be listed. Nothing has been cancelled when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The batch system's command failed, hung or is missing.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// It answered, but not in the asked-for format: reading it anyway could miss pilots.
+    #[error(
+        "`{program}` printed a line that is not a job in the format vmpilot asked for: {line:?}\n\nhint: run `{program} -h -o '%i|%j|%k|%T|%N'` by hand; a site wrapper or a changed output format must not alter it"
+    )]
+    Unreadable {
+        /// The command.
+        program: &'static str,
+        /// The line.
+        line: String,
+    },
+}
+
+/// Parse `squeue -h -o '%i|%j|%k|%T|%N'`: pilots are the jobs with the pilots' name AND
+/// comment. A line that is not a job in that format is an error, not skipped: silently
+/// reading garbage as "no pilots" would tell an admin the cluster is clear when it is not.
+pub fn parse_squeue(text: &str) -> Result<Vec<PilotJob>, ClusterError> {
+    let mut pilots = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let unreadable = || ClusterError::Unreadable {
+            program: "squeue",
+            line: line.chars().take(200).collect(),
+        };
+        let f: Vec<&str> = line.splitn(5, '|').collect();
+        let [id, name, comment, state, nodes] = f.as_slice() else {
+            return Err(unreadable());
+        };
+        // Job ids start with a digit (`123`, `123_4`, `123_[1-5]`); states are upper case.
+        let id_ok = id.starts_with(|c: char| c.is_ascii_digit());
+        let state_ok =
+            !state.is_empty() && state.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+        if !id_ok || !state_ok {
+            return Err(unreadable());
+        }
+        if *name == PILOT_JOB_NAME && *comment == PILOT_COMMENT {
+            pilots.push(PilotJob {
+                id: id.to_string(),
+                state: state.to_string(),
+                nodes: nodes.to_string(),
+            });
+        }
+    }
+    Ok(pilots)
 }
 
 impl Cluster {
     /// Every pilot job that is queued or running.
-    pub async fn pilots(self, timeout: Duration) -> Result<Vec<PilotJob>, ExecError> {
+    pub async fn pilots(self, timeout: Duration) -> Result<Vec<PilotJob>, ClusterError> {
         match self {
             Cluster::Slurm => {
                 let out = exec::output("squeue", &["-h", "-o", "%i|%j|%k|%T|%N"], timeout).await?;
-                Ok(parse_squeue(&out))
+                parse_squeue(&out)
             }
             Cluster::Pbs => {
                 let out =
@@ -92,12 +121,14 @@ impl Cluster {
         }
     }
 
-    /// Cancel every pilot job and wait (up to `wait`) for them to leave the queue.
+    /// Cancel every pilot job and wait (up to `wait`) for them to leave the queue. An error
+    /// means the first listing failed and nothing was cancelled; once jobs are cancelled,
+    /// a listing that fails only leaves them "not confirmed gone".
     pub async fn cancel_all(
         self,
         timeout: Duration,
         wait: Duration,
-    ) -> Result<Vec<Cancelled>, ExecError> {
+    ) -> Result<Vec<Cancelled>, ClusterError> {
         let jobs = self.pilots(timeout).await?;
         let mut results = Vec::new();
         for job in &jobs {
@@ -115,12 +146,15 @@ impl Cluster {
         }
         let until = Instant::now() + wait;
         loop {
-            let left: Vec<String> = self
-                .pilots(timeout)
-                .await?
-                .into_iter()
-                .map(|j| j.id)
-                .collect();
+            let left: Vec<String> = match self.pilots(timeout).await {
+                Ok(jobs) => jobs.into_iter().map(|j| j.id).collect(),
+                Err(e) => {
+                    for r in results.iter_mut().filter(|r| r.result == "cancelled") {
+                        r.result = format!("cancelled, not confirmed gone: {e}");
+                    }
+                    return Ok(results);
+                }
+            };
             for r in results.iter_mut().filter(|r| r.result == "cancelled") {
                 if !left.contains(&r.job.id) {
                     r.result = "gone".into();
@@ -144,8 +178,30 @@ mod tests {
 
     #[test]
     fn only_jobs_with_the_pilot_name_and_comment_are_pilots() {
-        let text = "12|vmpilot|vmpilot-pilot|RUNNING|n1\n13|vmpilot|(null)|RUNNING|n2\n14|other|vmpilot-pilot|PENDING|\n15|vmpilot|vmpilot-pilot|PENDING|\ngarbage\n";
-        let ids: Vec<_> = parse_squeue(text).into_iter().map(|j| j.id).collect();
-        assert_eq!(ids, ["12", "15"]);
+        let text = "12|vmpilot|vmpilot-pilot|RUNNING|n1\n13|vmpilot|(null)|RUNNING|n2\n14|other|vmpilot-pilot|PENDING|\n15|vmpilot|vmpilot-pilot|PENDING|\n16_3|vmpilot|vmpilot-pilot|COMPLETING|n1\n\n";
+        let ids: Vec<_> = parse_squeue(text)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(ids, ["12", "15", "16_3"]);
+    }
+
+    #[test]
+    fn output_not_in_the_asked_format_is_an_error_not_an_empty_cluster() {
+        for garbage in [
+            "garbage",
+            "<html><body>Service Unavailable</body></html>",
+            "JOBID PARTITION NAME USER ST TIME NODES NODELIST(REASON)",
+            "12|vmpilot|vmpilot-pilot|running|n1",
+            "|vmpilot|vmpilot-pilot|RUNNING|n1",
+        ] {
+            let text = format!("12|vmpilot|vmpilot-pilot|RUNNING|n1\n{garbage}\n");
+            let e = parse_squeue(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("squeue") && e.contains("hint:"),
+                "{garbage}: {e}"
+            );
+        }
     }
 }
