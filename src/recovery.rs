@@ -118,29 +118,33 @@ pub fn needs_host(plan: &[Planned]) -> bool {
 pub fn finish_reports(outbox: &Outbox, store: &Store, plan: Vec<Planned>) -> Vec<Planned> {
     plan.into_iter()
         .map(|p| match p {
-            Planned::Report(mut record) => {
-                let state = Some(record.state);
-                let done = match report::resume(outbox, store, &mut record) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
-                        let body = report::end_body(&record);
-                        report::report_end(outbox, store, &mut record, vec![body])
-                    }
-                    Err(e) => Err(e),
-                };
-                Planned::Known(Outcome {
-                    lease: record.lease_id.to_string(),
-                    from: state,
-                    to: state,
-                    note: match done {
-                        Ok(()) => "reported the end a crash left unreported".into(),
-                        Err(e) => format!("cannot report the end: {e:#}"),
-                    },
-                })
-            }
+            Planned::Report(mut record) => Planned::Known(report_one(outbox, store, &mut record)),
             other => other,
         })
         .collect()
+}
+
+/// Finish the end report of one ended lease: the events a crash left in the record, or its
+/// `unreserved`/`failed` event if none was written yet.
+fn report_one(outbox: &Outbox, store: &Store, record: &mut LeaseRecord) -> Outcome {
+    let state = Some(record.state);
+    let done = match report::resume(outbox, store, record) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let body = report::end_body(record);
+            report::report_end(outbox, store, record, vec![body])
+        }
+        Err(e) => Err(e),
+    };
+    Outcome {
+        lease: record.lease_id.to_string(),
+        from: state,
+        to: state,
+        note: match done {
+            Ok(()) => "reported the end a crash left unreported".into(),
+            Err(e) => format!("cannot report the end: {e:#}"),
+        },
+    }
 }
 
 /// Carry out a plan. Never stops at the first failure.
@@ -158,13 +162,7 @@ pub async fn execute(
             Planned::Finish(mut record) => {
                 recover_one(releaser, outbox, &mut record, trigger, budget).await?
             }
-            Planned::Report(_) => {
-                let mut done = finish_reports(outbox, &releaser.store, vec![p]);
-                match done.pop() {
-                    Some(Planned::Known(o)) => o,
-                    _ => unreachable!("finish_reports turns every report into an outcome"),
-                }
-            }
+            Planned::Report(mut record) => report_one(outbox, &releaser.store, &mut record),
         });
     }
     Ok(outcomes)

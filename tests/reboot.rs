@@ -27,9 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Node, history, stderr, stdout};
+use common::{Node, history, history_events, stderr, stdout};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const NODEFS: &str = "/var/cache/vmpilot-testbed/nodefs";
 
@@ -169,15 +168,6 @@ fn wait_new_boot(node: &NspawnNode, old: &[String]) -> String {
     }
 }
 
-fn events(record: &Value) -> Vec<String> {
-    record["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["event"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Recovery finished the lease: `pilot-lost` in its history, then restored. `reason` is the
 /// end reason: `pilot-lost`, or the one the pilot had already recorded when it died.
 fn assert_lost_and_finished(host: &Node, lease: &str, reason: &str, journal: &str) {
@@ -185,7 +175,7 @@ fn assert_lost_and_finished(host: &Node, lease: &str, reason: &str, journal: &st
     assert_eq!(r["state"], "unreserved", "{lease}: {r}\n{journal}");
     assert_eq!(r["end_reason"], reason, "{lease}: {r}\n{journal}");
     assert!(
-        events(&r).contains(&"pilot-lost".to_string()),
+        history_events(&r).contains(&"pilot-lost".to_string()),
         "{lease}: not finished by recovery: {r}\n{journal}"
     );
     assert_eq!(history(&r).last().map(String::as_str), Some("unreserved"));
@@ -270,7 +260,7 @@ fn node_reboots_recover_before_slurmd_and_drain_on_orderly_shutdown() {
     assert_eq!(r["state"], "unreserved", "{log}");
     assert_eq!(r["end_reason"], "admin", "not ended by the drain: {log}");
     assert!(
-        !events(&r).contains(&"pilot-lost".to_string()),
+        !history_events(&r).contains(&"pilot-lost".to_string()),
         "the drain did not end the lease gracefully: {log}"
     );
     assert!(host.reservations().is_empty(), "{:?}", host.host());

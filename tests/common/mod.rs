@@ -280,6 +280,16 @@ impl Pilot {
 }
 
 /// States the record went through, from its history.
+/// The events a record's history went through, in order (e.g. `pilot-lost`).
+pub fn history_events(record: &Value) -> Vec<String> {
+    record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn history(record: &Value) -> Vec<String> {
     record["history"]
         .as_array()
