@@ -30,11 +30,13 @@ pub enum ExitStatus {
     SignalRestored = 5,
     /// Ended by a signal but the node could not be restored; it needs `recover` or an admin.
     SignalNotRestored = 6,
+    /// `run` refused to start because a kill-all is in progress on the node; nothing changed.
+    Fenced = 7,
 }
 
 impl ExitStatus {
     /// Every status with its meaning, for docs and the man page.
-    pub const TABLE: [(ExitStatus, &'static str); 7] = [
+    pub const TABLE: [(ExitStatus, &'static str); 8] = [
         (
             ExitStatus::Success,
             "the lease ended as planned and the node is restored",
@@ -63,6 +65,10 @@ impl ExitStatus {
             ExitStatus::SignalNotRestored,
             "ended by a signal and the node was NOT restored; run `vmpilot recover`",
         ),
+        (
+            ExitStatus::Fenced,
+            "`run` refused to start: a kill-all is in progress on this node (the fence lasts while it runs); nothing was changed",
+        ),
     ];
 
     /// The numeric code.
@@ -73,6 +79,9 @@ impl ExitStatus {
     /// Classify an error by the first typed error in its chain.
     pub fn from_error(err: &anyhow::Error) -> ExitStatus {
         for cause in err.chain() {
+            if cause.is::<crate::kill_request::Fenced>() {
+                return ExitStatus::Fenced;
+            }
             if cause.is::<ConfigError>() || cause.is::<UnitError>() || cause.is::<BadLeaseId>() {
                 return ExitStatus::Usage;
             }

@@ -1,9 +1,17 @@
-//! The admin's kill request: a file that tells pilots a SIGTERM comes from `kill-all`.
+//! The admin's kill request: the fence `kill-all` raises on a node, and the file that tells
+//! pilots a SIGTERM comes from `kill-all`.
 //!
 //! A pilot cannot tell an admin's SIGTERM from the batch system's, but the difference
 //! matters to the coordinator (reason `admin` vs `cancelled`) and to how hard guests are
-//! stopped (`--fast` destroys at once). `kill-all` writes this file before signalling and
-//! removes it when done; a pilot that is terminated while it exists reports an admin kill.
+//! stopped (`--fast` destroys at once). `kill-all` writes this file before it looks for
+//! pilots and removes it when done. While it is in force it is also a fence: `vmpilot run`
+//! refuses to start (exit status 7), checked once before anything and again once it holds
+//! the node lock, so no pilot can slip in behind kill-all's back.
+//!
+//! The request names the kill-all process that raised it (pid, start, boot). It is in force
+//! only while that process runs: the fence is lifted when kill-all ends, however it ends,
+//! and a file left by a kill-all that was itself killed fences nothing (the next kill-all
+//! replaces it).
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +20,7 @@ use time::OffsetDateTime;
 
 use crate::cli::KillLevel;
 use crate::fsutil;
+use crate::process::ProcessIdentity;
 
 /// File name under `state_dir`.
 pub const FILE: &str = "kill-request.json";
@@ -28,6 +37,30 @@ pub struct KillRequest {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The kill-all process that raised it: the request is in force while it runs.
+    #[serde(default)]
+    pub issuer: Option<ProcessIdentity>,
+}
+
+/// `vmpilot run` refused to start: a kill-all is in progress on this node. Exit status 7.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a kill-all is in progress on this node (by {by}: {why}), so no pilot may start; nothing was changed\n\nhint: the fence is lifted when that kill-all ends; to keep pilots off the node after it, drain the node in the batch system"
+)]
+pub struct Fenced {
+    /// Who pulled the brake.
+    pub by: String,
+    /// Their reason.
+    pub why: String,
+}
+
+impl From<&KillRequest> for Fenced {
+    fn from(k: &KillRequest) -> Self {
+        Fenced {
+            by: k.by.clone(),
+            why: k.why.clone(),
+        }
+    }
 }
 
 impl KillRequest {
@@ -48,7 +81,13 @@ impl KillRequest {
             }
             .into(),
             at: OffsetDateTime::now_utc(),
+            issuer: Some(ProcessIdentity::current()),
         }
+    }
+
+    /// Is the kill-all that raised this still running?
+    pub fn is_in_force(&self) -> bool {
+        self.issuer.as_ref().is_some_and(ProcessIdentity::is_alive)
     }
 
     /// Guests are destroyed at once.
@@ -67,10 +106,11 @@ pub fn publish(state_dir: &Path, request: &KillRequest) -> std::io::Result<()> {
     fsutil::write_atomic(&path(state_dir), &bytes)
 }
 
-/// The request in force, if any.
+/// The request in force, if any: one whose kill-all still runs.
 pub fn current(state_dir: &Path) -> Option<KillRequest> {
     let bytes = std::fs::read(path(state_dir)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let request: KillRequest = serde_json::from_slice(&bytes).ok()?;
+    request.is_in_force().then_some(request)
 }
 
 /// Withdraw the request.
@@ -78,5 +118,36 @@ pub fn withdraw(state_dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path(state_dir)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_in_force_only_while_its_kill_all_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(current(dir.path()).is_none());
+        let mine = KillRequest::new(KillLevel::Fast, "test");
+        publish(dir.path(), &mine).unwrap();
+        assert_eq!(current(dir.path()), Some(mine.clone()));
+        // Left behind by a kill-all that died: fences nothing.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = ProcessIdentity::of(child.id());
+        child.wait().unwrap();
+        let stale = KillRequest {
+            issuer: gone.or(Some(ProcessIdentity {
+                pid: u32::MAX,
+                start_time: 0,
+                start_ticks: Some(0),
+                boot_id: crate::process::boot_id(),
+            })),
+            ..mine.clone()
+        };
+        publish(dir.path(), &stale).unwrap();
+        assert!(current(dir.path()).is_none());
+        withdraw(dir.path()).unwrap();
+        withdraw(dir.path()).unwrap();
     }
 }

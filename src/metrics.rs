@@ -402,6 +402,7 @@ mod tests {
             pilot: ProcessIdentity {
                 pid: 1,
                 start_time: 0,
+                start_ticks: None,
                 boot_id: String::new(),
             },
             host_backend: "simulated".into(),

@@ -21,9 +21,9 @@ use crate::coordinator::outbox::Outbox;
 use crate::coordinator::report;
 use crate::crashpoint::{self, Point};
 use crate::deadline;
-use crate::exit::{EnvironmentError, ExitStatus};
+use crate::exit::{EnvironmentError, ExitStatus, UsageError};
 use crate::host::{HostError, LeaseShare};
-use crate::kill_request::{self, KillRequest};
+use crate::kill_request::{self, Fenced, KillRequest};
 use crate::lease::record::{LeaseId, LeaseRecord, RECORD_VERSION};
 use crate::lease::store::Store;
 use crate::lease::{EndReason, Event, LeaseState};
@@ -31,7 +31,7 @@ use crate::lrm::Lrm;
 use crate::process::ProcessIdentity;
 use crate::progress;
 use crate::release::Releaser;
-use crate::signals::{PilotSignal, Signals};
+use crate::signals::{PilotSignal, Signals, Waited};
 
 /// The longest a reservation may take before it is treated as a host failure.
 const MAX_RESERVE_TIME: Duration = Duration::from_secs(120);
@@ -96,8 +96,44 @@ pub async fn run(
     lrm: Option<Lrm>,
 ) -> anyhow::Result<ExitStatus> {
     // Handlers first: a signal from now on is queued, never lost.
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    // The kill-all fence, before anything is written (checked again under the node lock).
+    if let Some(k) = kill_request::current(&config.state_dir) {
+        return Err(Fenced::from(&k).into());
+    }
     let store = Store::open(&config.state_dir)?;
+    // The lease's lock, held until this process exits: while it is held no `recover` or
+    // `kill-all` finishes this lease, and no second pilot takes the same lease id.
+    let holder = format!(
+        "pilot pid {} of lease {}",
+        std::process::id(),
+        request.lease_id
+    );
+    let lock_timeout = config.lease.lock_timeout.get();
+    let _lease_lock = match signals
+        .poll_until(lock_timeout, || {
+            store.try_lock_lease(&request.lease_id, &holder)
+        })
+        .await?
+    {
+        Waited::Done(lock) => lock,
+        Waited::Signalled(sig) => {
+            tracing::info!(lease = %request.lease_id, signal = ?sig, "terminated while waiting for the lease's lock; nothing was changed");
+            return Ok(ExitStatus::SignalRestored);
+        }
+        Waited::TimedOut(waited) => {
+            return Err(EnvironmentError {
+                problem: format!(
+                    "lease {} is in use on this node by {} (waited {:.1}s); one process at a time holds a lease id, and nothing was changed",
+                    request.lease_id,
+                    display_holder(&store.lease_lock_holder(&request.lease_id)),
+                    waited.as_secs_f64()
+                ),
+                hint: "use another --lease-id; `vmpilot status` shows the lease".into(),
+            }
+            .into());
+        }
+    };
     let outbox = Outbox::open(&config)?;
     let host = crate::host::open(&config)?;
     let epoch = next_epoch(&store, &request.lease_id)?;
@@ -159,6 +195,19 @@ pub async fn run(
     result
 }
 
+/// A lock holder as written in its file, or a phrase when it names none.
+fn display_holder(holder: &str) -> String {
+    if holder.is_empty() {
+        "another process".into()
+    } else {
+        holder
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect()
+    }
+}
+
 /// A lease id may be reused once its previous lease is over; each reuse gets a new epoch.
 fn next_epoch(store: &Store, id: &LeaseId) -> anyhow::Result<u64> {
     match store.load(id)? {
@@ -179,12 +228,6 @@ fn next_epoch(store: &Store, id: &LeaseId) -> anyhow::Result<u64> {
 
 impl Pilot {
     async fn drive(&mut self) -> anyhow::Result<ExitStatus> {
-        if let Some(sig) = self.signals.try_recv() {
-            // Ended before it began: nothing to roll back.
-            let event = self.signal_event(&sig).await;
-            self.apply(&event)?;
-            return Ok(self.exit_status());
-        }
         let lock_timeout = self.releaser.config.lease.lock_timeout.get();
         let store = self.releaser.store.clone();
         let holder = format!(
@@ -192,16 +235,52 @@ impl Pilot {
             std::process::id(),
             self.record.lease_id
         );
-        let lock = match tokio::task::spawn_blocking(move || store.lock_node(lock_timeout, &holder))
-            .await?
+        let lock = match self
+            .signals
+            .poll_until(lock_timeout, || store.try_lock_node(&holder))
+            .await
         {
-            Ok(lock) => lock,
+            Ok(Waited::Done(lock)) => lock,
+            Ok(Waited::Signalled(sig)) => {
+                // Ended before it began: nothing to roll back.
+                let event = self.signal_event(&sig).await;
+                self.apply(&event)?;
+                self.emit_end()?;
+                return Ok(self.exit_status());
+            }
+            Ok(Waited::TimedOut(waited)) => {
+                let e = crate::lease::store::StoreError::LockBusy {
+                    path: store.dir().join("node.lock"),
+                    holder: store.node_lock_holder(),
+                    waited,
+                };
+                self.record.last_error = Some(e.to_string());
+                self.apply(&Event::HostError)?;
+                self.emit_end()?;
+                return Err(e.into());
+            }
             Err(e) => {
                 self.record.last_error = Some(e.to_string());
                 self.apply(&Event::HostError)?;
+                self.emit_end()?;
                 return Err(e.into());
             }
         };
+        // Checked again under the node lock: a kill-all that began after the first check
+        // has listed the leases already, or is about to see this one.
+        if let Some(k) = kill_request::current(&self.releaser.config.state_dir) {
+            tracing::warn!(lease = %self.record.lease_id, by = %k.by, "a kill-all began; this pilot does not start");
+            self.killed_by = Some(k.clone());
+            self.apply(&Event::AdminKill)?;
+            self.emit_end()?;
+            return Err(Fenced::from(&k).into());
+        }
+        if let Err(e) = self.exclusive_admission() {
+            self.record.last_error = Some(e.to_string());
+            self.apply(&Event::HostError)?;
+            self.emit_end()?;
+            return Err(e.into());
+        }
         self.apply(&Event::Start)?;
         crashpoint::hit(Point::ReservingSaved);
         let share = LeaseShare {
@@ -259,6 +338,39 @@ impl Pilot {
         crashpoint::hit(Point::ReservedSpooled);
         let event = self.hold().await;
         self.unreserve(event).await
+    }
+
+    /// `host.exclusive = true`: one lease on the node at a time. Refused (nothing changed)
+    /// while any other lease may hold a share of the host, its own `failed` ones included.
+    /// Called under the node lock, so two pilots cannot both pass.
+    fn exclusive_admission(&self) -> anyhow::Result<()> {
+        if !self.releaser.config.host.exclusive {
+            return Ok(());
+        }
+        let others: Vec<String> = self
+            .releaser
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| match r {
+                Ok(r) if r.lease_id == self.record.lease_id || !r.state.holds_host() => None,
+                Ok(r) => Some(format!("{} ({})", r.lease_id, r.state)),
+                // An unreadable record may hold the host: fail closed.
+                Err(e) => Some(format!("an unreadable record ({e})")),
+            })
+            .flatten()
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(UsageError {
+            problem: format!(
+                "host.exclusive = true allows one lease at a time on this node, and {} already hold(s) it; nothing was changed",
+                others.join(", ")
+            ),
+            hint: "wait for that lease to end (a `failed` one needs `vmpilot recover` or an admin), or set `[host] exclusive = false` to share the node between leases".into(),
+        }
+        .into())
     }
 
     /// Sleep until it is time to unreserve or a signal says so.

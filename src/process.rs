@@ -1,19 +1,32 @@
-//! Who a pilot process is, in a way that survives pid reuse and reboots.
+//! Who a pilot process is, in a way that survives pid reuse, reboots and clock steps.
 //!
 //! A pid alone is not an identity: after a crash or a reboot another process may hold it,
 //! and `recover` or `kill-all` must never mistake it for the pilot. A pilot is identified by
 //! its pid, its start time and the kernel's boot id; all three must match.
+//!
+//! The start time is the one the kernel keeps: clock ticks since boot (field 22 of
+//! `/proc/PID/stat`). It never moves. A start time in seconds since the epoch (what
+//! records of vmpilot 0.1 hold, from sysinfo) is derived from `btime` in `/proc/stat`,
+//! which moves every time CLOCK_REALTIME is stepped (an NTP step at boot, `date -s`, a
+//! resumed VM): after a one-second step a live pilot would read as dead, and `recover`
+//! would finish its lease under it. Such records are still read; their liveness is judged
+//! the old way, which is all they carry.
 
 use serde::{Deserialize, Serialize};
-use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
 
 /// Identity of a (pilot) process.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ProcessIdentity {
     /// Process id.
     pub pid: u32,
-    /// Start time, seconds since the epoch, as the kernel reports it.
+    /// Start time, seconds since the epoch, as the kernel reported it when the process was
+    /// seen. Informative only (it moves with clock steps): liveness is judged by
+    /// `start_ticks` whenever the record has it.
     pub start_time: u64,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22); immune to clock
+    /// steps. `None` in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
     /// `/proc/sys/kernel/random/boot_id` when the process was seen.
     pub boot_id: String,
 }
@@ -26,7 +39,21 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-fn start_time_of(pid: u32) -> Option<u64> {
+/// What `/proc/PID/stat` says of a live process: its start in ticks since boot. `None`
+/// for no such process, or one that has exited and waits to be reaped (a zombie).
+pub fn start_ticks_of(pid: u32) -> Option<u64> {
+    let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    if matches!(stat.state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    Some(stat.starttime)
+}
+
+/// The start time the way vmpilot 0.1 recorded it (seconds since the epoch, from sysinfo):
+/// for records that have nothing better.
+fn legacy_start_time_of(pid: u32) -> Option<u64> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
     let mut sys = System::new().ok()?;
     let spid = Pid::from_u32(pid);
     sys.refresh_processes_specifics(
@@ -35,7 +62,6 @@ fn start_time_of(pid: u32) -> Option<u64> {
         ProcessRefreshKind::nothing(),
     );
     let process = sys.process(spid)?;
-    // A zombie has finished: its parent just has not reaped it yet.
     if matches!(
         process.status(),
         ProcessStatus::Zombie | ProcessStatus::Dead
@@ -51,18 +77,34 @@ impl ProcessIdentity {
         let pid = std::process::id();
         ProcessIdentity {
             pid,
+            start_time: legacy_start_time_of(pid).unwrap_or(0),
             // Our own entry in /proc always exists while we run.
-            start_time: start_time_of(pid).unwrap_or(0),
+            start_ticks: start_ticks_of(pid),
             boot_id: boot_id(),
         }
     }
 
-    /// Is this exact process still running (same boot, same pid, same start time)?
+    /// The identity of another running process, if there is one with this pid.
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(ProcessIdentity {
+            pid,
+            start_ticks: Some(start_ticks_of(pid)?),
+            start_time: legacy_start_time_of(pid).unwrap_or(0),
+            boot_id: boot_id(),
+        })
+    }
+
+    /// Is this exact process still running (same boot, same pid, same start)? Judged by
+    /// ticks since boot, which no clock step moves; by the legacy start time only for
+    /// records that carry nothing else.
     pub fn is_alive(&self) -> bool {
         if self.boot_id.is_empty() || self.boot_id != boot_id() {
             return false;
         }
-        start_time_of(self.pid) == Some(self.start_time)
+        match self.start_ticks {
+            Some(ticks) => start_ticks_of(self.pid) == Some(ticks),
+            None => legacy_start_time_of(self.pid) == Some(self.start_time),
+        }
     }
 }
 
@@ -73,28 +115,57 @@ mod tests {
     #[test]
     fn this_process_is_alive_and_an_impostor_is_not() {
         let me = ProcessIdentity::current();
+        assert!(me.start_ticks.is_some());
         assert!(me.is_alive());
         let reused_pid = ProcessIdentity {
-            start_time: me.start_time + 1,
+            start_ticks: me.start_ticks.map(|t| t + 1),
             ..me.clone()
         };
         assert!(!reused_pid.is_alive());
         let other_boot = ProcessIdentity {
             boot_id: "00000000-0000-0000-0000-000000000000".into(),
-            ..me
+            ..me.clone()
         };
         assert!(!other_boot.is_alive());
+        // The wall-clock start time is not consulted when ticks are known.
+        let clock_stepped = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(clock_stepped.is_alive());
     }
 
     #[test]
-    fn a_reaped_child_is_dead() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let id = ProcessIdentity {
-            pid: child.id(),
-            start_time: start_time_of(child.id()).unwrap_or(0),
-            boot_id: boot_id(),
+    fn records_of_vmpilot_0_1_are_still_judged() {
+        let me = ProcessIdentity::current();
+        let json = format!(
+            r#"{{"pid": {}, "start_time": {}, "boot_id": "{}"}}"#,
+            me.pid, me.start_time, me.boot_id
+        );
+        let old: ProcessIdentity = serde_json::from_str(&json).unwrap();
+        assert_eq!(old.start_ticks, None);
+        assert!(old.is_alive());
+        let old_impostor = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..old
         };
+        assert!(!old_impostor.is_alive());
+    }
+
+    #[test]
+    fn a_reaped_child_is_dead_and_a_zombie_too() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let id = ProcessIdentity::of(child.id()).unwrap();
+        assert!(id.is_alive());
+        // Not reaped yet: a zombie once it exits.
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(!id.is_alive(), "a zombie is not alive");
         child.wait().unwrap();
         assert!(!id.is_alive());
+        assert!(ProcessIdentity::of(0).is_none());
+        assert!(ProcessIdentity::of(u32::MAX).is_none());
     }
 }

@@ -3,12 +3,15 @@
 //!
 //! Recovery is not a special path: it loads each record, decides from the pilot's identity
 //! (pid, start time, boot id) whether the pilot is gone, and drives the lease to its end
-//! through the same `transition()` and the same [`Releaser`] the pilot uses. Running it
+//! through the same `transition()` and the same [`Releaser`] the pilot uses. Each lease is
+//! finished under its lock (`Store::try_lock_lease`), with the record loaded again under
+//! it: a live pilot holds that lock, and of two finishers (an epilog's `recover` and an
+//! admin's `kill-all`) the second waits, bounded, and then finds the work done. Running it
 //! twice is harmless: finished leases are skipped.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -16,7 +19,7 @@ use crate::coordinator::event::EventBody;
 use crate::coordinator::outbox::Outbox;
 use crate::coordinator::report;
 use crate::lease::record::LeaseRecord;
-use crate::lease::store::Store;
+use crate::lease::store::{LeaseLock, Store};
 use crate::lease::{Event, LeaseState};
 use crate::release::Releaser;
 
@@ -56,12 +59,28 @@ pub struct Outcome {
     pub to: Option<LeaseState>,
     /// `recovered`, `skipped: ...`, or the error.
     pub note: String,
+    /// Nobody was proven to be finishing this lease: it was due, but its lock stayed with
+    /// another finisher past the bound, or its pilot outlived a kill-all.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unfinished: bool,
 }
 
 impl Outcome {
-    /// Did this lease end with the node not restored (or unreadable)?
+    fn known(record: &LeaseRecord, note: impl Into<String>) -> Self {
+        Outcome {
+            lease: record.lease_id.to_string(),
+            from: Some(record.state),
+            to: Some(record.state),
+            note: note.into(),
+            unfinished: false,
+        }
+    }
+
+    /// Did this lease end with the node not restored (or unreadable, or not finished)?
     pub fn is_failure(&self) -> bool {
-        self.to == Some(LeaseState::Failed) || self.to.is_none() && self.from.is_none()
+        self.unfinished
+            || self.to == Some(LeaseState::Failed)
+            || self.to.is_none() && self.from.is_none()
     }
 }
 
@@ -90,6 +109,7 @@ pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<V
                     from: None,
                     to: None,
                     note: e.to_string(),
+                    unfinished: false,
                 }));
                 continue;
             }
@@ -99,13 +119,17 @@ pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<V
         {
             continue;
         }
-        planned.push(match skip_reason(&record, scope, trigger) {
-            Some(o) => Planned::Known(o),
-            None if record.state == LeaseState::Unreserved => Planned::Report(Box::new(record)),
-            None => Planned::Finish(Box::new(record)),
-        });
+        planned.push(decide(record, scope, trigger));
     }
     Ok(planned)
+}
+
+fn decide(record: LeaseRecord, scope: &Scope, trigger: &Trigger) -> Planned {
+    match skip_reason(&record, scope, trigger) {
+        Some(o) => Planned::Known(o),
+        None if record.state == LeaseState::Unreserved => Planned::Report(Box::new(record)),
+        None => Planned::Finish(Box::new(record)),
+    }
 }
 
 /// Does the plan need the host?
@@ -113,21 +137,127 @@ pub fn needs_host(plan: &[Planned]) -> bool {
     plan.iter().any(|p| matches!(p, Planned::Finish(_)))
 }
 
+/// How long a finisher waits for a lease's lock held by another finisher, beyond its own
+/// budget: that one may be stopping guests for as long as its own budget allows.
+const LOCK_WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// A planned lease with its lock held: the plan was made again from the record as it is
+/// under the lock, so what another finisher did meanwhile is seen, never redone.
+struct Claimed {
+    _lock: LeaseLock,
+    planned: Planned,
+}
+
+/// Take the lock of a lease the plan says must be finished or reported, waiting at most
+/// `wait` for another finisher; a lock held by the lease's own pilot means it is alive.
+async fn claim(
+    store: &Store,
+    record: &LeaseRecord,
+    scope: &Scope,
+    trigger: &Trigger,
+    wait: Duration,
+) -> Result<Claimed, Outcome> {
+    let holder = format!(
+        "{} pid {} finishing lease {}",
+        match trigger {
+            Trigger::PilotLost => "recover",
+            Trigger::Admin { .. } => "kill-all",
+        },
+        std::process::id(),
+        record.lease_id
+    );
+    let started = Instant::now();
+    let pilot_holder = format!("pilot pid {} ", record.pilot.pid);
+    let lock = loop {
+        match store.try_lock_lease(&record.lease_id, &holder) {
+            Ok(Some(lock)) => break lock,
+            Ok(None) => {}
+            Err(e) => return Err(Outcome::known(record, format!("cannot lock: {e}"))),
+        }
+        let held_by = store.lease_lock_holder(&record.lease_id);
+        if held_by.starts_with(&pilot_holder) {
+            return Err(Outcome::known(
+                record,
+                "skipped: pilot still running (it holds the lease's lock)",
+            ));
+        }
+        if started.elapsed() >= wait {
+            tracing::error!(lease = %record.lease_id, holder = %held_by.escape_debug(), waited = ?started.elapsed(), "the lease's lock is held by another process; not finishing it");
+            return Err(Outcome {
+                unfinished: true,
+                ..Outcome::known(
+                    record,
+                    format!(
+                        "not finished: its lock is held by {} (waited {:.0}s)",
+                        held_by.escape_debug(),
+                        started.elapsed().as_secs_f64()
+                    ),
+                )
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let fresh = match store.load(&record.lease_id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(Outcome::known(record, "skipped: the record is gone")),
+        Err(e) => {
+            return Err(Outcome {
+                lease: record.lease_id.to_string(),
+                from: None,
+                to: None,
+                note: e.to_string(),
+                unfinished: false,
+            });
+        }
+    };
+    let planned = match decide(fresh, scope, trigger) {
+        // It was due when planned: someone finished it while this process waited.
+        Planned::Known(o) if o.note == "skipped: already finished" => Planned::Known(Outcome {
+            from: Some(record.state),
+            note: "finished by another process meanwhile".into(),
+            ..o
+        }),
+        other => other,
+    };
+    Ok(Claimed {
+        _lock: lock,
+        planned,
+    })
+}
+
 /// Report the ends a crash left unreported (no host needed); the rest of the plan is
 /// unchanged. Never stops at the first failure.
-pub fn finish_reports(outbox: &Outbox, store: &Store, plan: Vec<Planned>) -> Vec<Planned> {
-    plan.into_iter()
-        .map(|p| match p {
-            Planned::Report(mut record) => Planned::Known(report_one(outbox, store, &mut record)),
+pub async fn finish_reports(
+    outbox: &Outbox,
+    store: &Store,
+    plan: Vec<Planned>,
+    scope: &Scope,
+    trigger: &Trigger,
+) -> Vec<Planned> {
+    let mut out = Vec::new();
+    for p in plan {
+        out.push(match p {
+            Planned::Report(record) => {
+                match claim(store, &record, scope, trigger, LOCK_WAIT_SLACK).await {
+                    Err(o) => Planned::Known(o),
+                    Ok(Claimed {
+                        planned: Planned::Report(mut fresh),
+                        _lock,
+                    }) => Planned::Known(report_one(outbox, store, &mut fresh)),
+                    // Under the lock it needs host work after all (or none): keep that
+                    // for `execute`, which claims it again.
+                    Ok(Claimed { planned, .. }) => planned,
+                }
+            }
             other => other,
-        })
-        .collect()
+        });
+    }
+    out
 }
 
 /// Finish the end report of one ended lease: the events a crash left in the record, or its
 /// `unreserved`/`failed` event if none was written yet.
 fn report_one(outbox: &Outbox, store: &Store, record: &mut LeaseRecord) -> Outcome {
-    let state = Some(record.state);
     let done = match report::resume(outbox, store, record) {
         Ok(true) => Ok(()),
         Ok(false) => {
@@ -136,33 +266,47 @@ fn report_one(outbox: &Outbox, store: &Store, record: &mut LeaseRecord) -> Outco
         }
         Err(e) => Err(e),
     };
-    Outcome {
-        lease: record.lease_id.to_string(),
-        from: state,
-        to: state,
-        note: match done {
-            Ok(()) => "reported the end a crash left unreported".into(),
+    Outcome::known(
+        record,
+        match done {
+            Ok(()) => "reported the end a crash left unreported".to_string(),
             Err(e) => format!("cannot report the end: {e:#}"),
         },
-    }
+    )
 }
 
-/// Carry out a plan. Never stops at the first failure.
+/// Carry out a plan, each lease under its lock. Never stops at the first failure.
 pub async fn execute(
     releaser: &Releaser,
     outbox: &Arc<Outbox>,
     plan: Vec<Planned>,
+    scope: &Scope,
     trigger: &Trigger,
     budget: Duration,
 ) -> anyhow::Result<Vec<Outcome>> {
+    let wait = budget + crate::host::unreserve::DESTROY_OVERRUN + LOCK_WAIT_SLACK;
     let mut outcomes = Vec::new();
     for p in plan {
-        outcomes.push(match p {
-            Planned::Known(o) => o,
-            Planned::Finish(mut record) => {
-                recover_one(releaser, outbox, &mut record, trigger, budget).await?
+        let record = match p {
+            Planned::Known(o) => {
+                outcomes.push(o);
+                continue;
             }
-            Planned::Report(mut record) => report_one(outbox, &releaser.store, &mut record),
+            Planned::Finish(r) | Planned::Report(r) => r,
+        };
+        let claimed = match claim(&releaser.store, &record, scope, trigger, wait).await {
+            Ok(c) => c,
+            Err(o) => {
+                outcomes.push(o);
+                continue;
+            }
+        };
+        outcomes.push(match claimed.planned {
+            Planned::Known(o) => o,
+            Planned::Finish(mut fresh) => {
+                recover_one(releaser, outbox, &mut fresh, trigger, budget).await?
+            }
+            Planned::Report(mut fresh) => report_one(outbox, &releaser.store, &mut fresh),
         });
     }
     Ok(outcomes)
@@ -187,8 +331,8 @@ pub async fn recover_all(
     budget: Duration,
 ) -> anyhow::Result<Vec<Outcome>> {
     let planned = plan(&releaser.store, scope, trigger)?;
-    let planned = finish_reports(outbox, &releaser.store, planned);
-    execute(releaser, outbox, planned, trigger, budget).await
+    let planned = finish_reports(outbox, &releaser.store, planned, scope, trigger).await;
+    execute(releaser, outbox, planned, scope, trigger, budget).await
 }
 
 /// PBS epilogues pass `123.server` while a PBS-on-Slurm shim may record `123`: compare the
@@ -203,25 +347,18 @@ fn same_job(recorded: Option<&str>, asked: &str) -> bool {
 }
 
 fn skip_reason(record: &LeaseRecord, scope: &Scope, trigger: &Trigger) -> Option<Outcome> {
+    let _ = trigger;
     let ended = record.state == LeaseState::Unreserved;
     let note = if ended && record.end_report.is_done() {
         "already finished"
-    } else if !scope.boot
-        && (ended || matches!(trigger, Trigger::PilotLost))
-        && record.pilot.is_alive()
-    {
+    } else if !scope.boot && record.pilot.is_alive() {
         // A live pilot finishes its own lease, and its own report: a second one from here
-        // would reach the coordinator as a different event.
+        // would reach the coordinator as a different event. kill-all signals it instead.
         "pilot still running"
     } else {
         return None;
     };
-    Some(Outcome {
-        lease: record.lease_id.to_string(),
-        from: Some(record.state),
-        to: Some(record.state),
-        note: format!("skipped: {note}"),
-    })
+    Some(Outcome::known(record, format!("skipped: {note}")))
 }
 
 async fn recover_one(
@@ -273,6 +410,7 @@ async fn recover_one(
                 .clone()
                 .unwrap_or_else(|| "not restored".into()),
         },
+        unfinished: false,
     })
 }
 

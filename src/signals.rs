@@ -7,6 +7,8 @@
 //!   a second one skips graceful guest shutdown;
 //! - SIGUSR1: the batch system's early warning (Slurm `--signal=B:USR1@N`) — unreserve.
 
+use std::time::{Duration, Instant};
+
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -73,4 +75,44 @@ impl Signals {
     pub fn try_recv(&mut self) -> Option<PilotSignal> {
         self.rx.try_recv().ok()
     }
+
+    /// Retry `attempt` (which must not block) every 20 ms until it yields something,
+    /// `timeout` passes, or a signal arrives: a wait before the host is touched must never
+    /// spend the batch system's kill delay. An error from `attempt` ends the wait.
+    pub async fn poll_until<T, E>(
+        &mut self,
+        timeout: Duration,
+        mut attempt: impl FnMut() -> Result<Option<T>, E>,
+    ) -> Result<Waited<T>, E> {
+        let started = Instant::now();
+        loop {
+            if let Some(sig) = self.try_recv() {
+                return Ok(Waited::Signalled(sig));
+            }
+            if let Some(done) = attempt()? {
+                return Ok(Waited::Done(done));
+            }
+            if started.elapsed() >= timeout {
+                return Ok(Waited::TimedOut(started.elapsed()));
+            }
+            tokio::select! {
+                Some(sig) = self.rx.recv() => return Ok(Waited::Signalled(sig)),
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// How often [`Signals::poll_until`] retries.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How a wait that signals may cut short ended.
+#[derive(Debug)]
+pub enum Waited<T> {
+    /// It got what it waited for.
+    Done(T),
+    /// A signal came first.
+    Signalled(PilotSignal),
+    /// Nothing came within the timeout (how long it waited).
+    TimedOut(Duration),
 }

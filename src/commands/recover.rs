@@ -34,7 +34,7 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
     let trigger = Trigger::PilotLost;
     let planned = recovery::plan(&store, &scope, &trigger)?;
     let outbox = Outbox::open(&config)?;
-    let planned = recovery::finish_reports(&outbox, &store, planned);
+    let planned = recovery::finish_reports(&outbox, &store, planned, &scope, &trigger).await;
     let outcomes = if recovery::needs_host(&planned) {
         let host = crate::host::open(&config)?;
         let budget = config.lease.grace.get();
@@ -43,7 +43,7 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
             store,
             host,
         };
-        recovery::execute(&releaser, &outbox, planned, &trigger, budget).await?
+        recovery::execute(&releaser, &outbox, planned, &scope, &trigger, budget).await?
     } else {
         recovery::known_outcomes(planned)
     };

@@ -2,6 +2,9 @@
 //!
 //! Layout under `state_dir` (0700):
 //! - `leases/<lease-id>.json` — one record per lease (0600), replaced atomically;
+//! - `leases/<lease-id>.lock` — the lease's flock: held by its pilot for the pilot's whole
+//!   life and by `recover`/`kill-all` while they finish the lease, so exactly one process
+//!   changes a lease at a time (docs/state-machine.md, "Who may change a lease");
 //! - `node.lock` — flock held while any process changes the host; its content names the
 //!   holder so a waiter that gives up can say who is in the way.
 //!
@@ -160,38 +163,122 @@ impl Store {
     /// Take the node lock, waiting at most `timeout`; `holder` is written into the lock file
     /// for whoever has to wait next.
     pub fn lock_node(&self, timeout: Duration, holder: &str) -> Result<NodeLock, StoreError> {
-        let path = self.dir.join("node.lock");
-        let mut file = open_lock_file(&path).map_err(|source| StoreError::Dir {
-            path: path.clone(),
-            source,
-        })?;
-        let started = Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    let mut holder = String::new();
-                    let _ = file.read_to_string(&mut holder);
-                    return Err(StoreError::LockBusy {
-                        path,
-                        holder: holder.trim().to_string(),
-                        waited: started.elapsed(),
-                    });
-                }
-                Err(std::fs::TryLockError::Error(source)) => {
-                    return Err(StoreError::Dir { path, source });
-                }
-            }
+        let file = lock_waiting(&self.dir.join("node.lock"), timeout, holder)?;
+        Ok(NodeLock { _file: file })
+    }
+
+    /// Take the node lock if it is free now (for callers that wait themselves, e.g. while
+    /// also listening for signals).
+    pub fn try_lock_node(&self, holder: &str) -> Result<Option<NodeLock>, StoreError> {
+        Ok(try_lock(&self.dir.join("node.lock"), holder)?.map(|file| NodeLock { _file: file }))
+    }
+
+    /// Who holds (or last held) the node lock, as written into its file.
+    pub fn node_lock_holder(&self) -> String {
+        holder_of(&self.dir.join("node.lock"))
+    }
+
+    /// Where a lease's lock lives (beside its record).
+    pub fn lease_lock_path(&self, id: &LeaseId) -> PathBuf {
+        self.dir.join("leases").join(format!("{id}.lock"))
+    }
+
+    /// Take a lease's lock if it is free now. Its pilot holds it from before the record is
+    /// first written until the pilot exits; `recover` and `kill-all` hold it for the whole
+    /// of finishing the lease. Whoever holds it is the one process that may change the
+    /// lease, so a lease is never finished twice or under a live pilot.
+    pub fn try_lock_lease(
+        &self,
+        id: &LeaseId,
+        holder: &str,
+    ) -> Result<Option<LeaseLock>, StoreError> {
+        Ok(try_lock(&self.lease_lock_path(id), holder)?.map(|file| LeaseLock { _file: file }))
+    }
+
+    /// Take a lease's lock, waiting at most `timeout` (see [`Store::try_lock_lease`]).
+    pub fn lock_lease(
+        &self,
+        id: &LeaseId,
+        timeout: Duration,
+        holder: &str,
+    ) -> Result<LeaseLock, StoreError> {
+        let file = lock_waiting(&self.lease_lock_path(id), timeout, holder)?;
+        Ok(LeaseLock { _file: file })
+    }
+
+    /// Is a lease's lock held by a process right now? A probe: it takes and drops the
+    /// lock at once when it is free, so a pilot starting at that instant waits a moment.
+    pub fn lease_is_held(&self, id: &LeaseId) -> bool {
+        let path = self.lease_lock_path(id);
+        if !path.exists() {
+            return false;
         }
+        matches!(try_lock(&path, ""), Ok(None))
+    }
+
+    /// Who holds (or last held) a lease's lock, as written into its file.
+    pub fn lease_lock_holder(&self, id: &LeaseId) -> String {
+        holder_of(&self.lease_lock_path(id))
+    }
+}
+
+/// A lease's lock (see [`Store::try_lock_lease`]); released when dropped or when the
+/// process dies, so a SIGKILLed pilot never leaves its lease locked.
+#[derive(Debug)]
+pub struct LeaseLock {
+    _file: File,
+}
+
+/// Take the flock on `path` if it is free; write `holder` into the file once held.
+fn try_lock(path: &Path, holder: &str) -> Result<Option<File>, StoreError> {
+    let mut file = open_lock_file(path).map_err(|source| StoreError::Dir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StoreError::Dir {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    if !holder.is_empty() {
         // Naming the holder is best effort: the lock itself is what protects the host.
         let _ = file.set_len(0);
         let _ = file.rewind();
         let _ = file.write_all(holder.as_bytes());
-        Ok(NodeLock { _file: file })
     }
+    Ok(Some(file))
+}
+
+/// Take the flock on `path`, waiting at most `timeout`.
+fn lock_waiting(path: &Path, timeout: Duration, holder: &str) -> Result<File, StoreError> {
+    let started = Instant::now();
+    loop {
+        if let Some(file) = try_lock(path, holder)? {
+            return Ok(file);
+        }
+        if started.elapsed() >= timeout {
+            return Err(StoreError::LockBusy {
+                path: path.to_path_buf(),
+                holder: holder_of(path),
+                waited: started.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The holder named in a lock file (at most a line of it).
+fn holder_of(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(file) = File::open(path) {
+        let _ = file.take(256).read_to_string(&mut text);
+    }
+    text.lines().next().unwrap_or("").trim().to_string()
 }
 
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
