@@ -173,3 +173,117 @@ fn kill_all_without_a_terminal_needs_yes_and_does_nothing_otherwise() {
     pilot.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(pilot.finish().0, 5);
 }
+
+/// Issue #12, item 3: kill-all is a fence. A pilot started while a kill-all runs refuses
+/// (exit 7) and changes nothing; once kill-all has ended the fence is gone and pilots start
+/// again. On vmpilot 0.1 the late pilot reserved the node, and kill-all, which had listed
+/// the pilots once, finished its lease behind its back and exited 0.
+#[test]
+fn a_pilot_started_while_kill_all_runs_refuses_and_the_fence_lifts_when_it_ends() {
+    use std::time::{Duration, Instant};
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node_with_coordinator(&coordinator.url);
+    let first = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "10m",
+        "--grace",
+        "4s",
+        "--lease-id",
+        "fence-a",
+    ]);
+    node.wait_state("fence-a", "reserved");
+    // A guest that ignores ACPI keeps the graceful kill-all busy for the whole grace.
+    node.add_guest("fence-stubborn", Some("fence-a"), &["--ignore-shutdown"]);
+    let kill = common::Pilot {
+        child: node
+            .cmd(&["kill-all", "--yes", "--graceful", "--reason", "maintenance"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let request = node.state_dir().join("kill-request.json");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !request.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(request.exists(), "kill-all never raised its fence");
+    let late = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "10m",
+        "--lease-id",
+        "fence-b",
+    ]);
+    assert_eq!(late.status.code(), Some(7), "{}", stderr(&late));
+    assert!(
+        stderr(&late).contains("kill-all") && stderr(&late).contains("maintenance"),
+        "the refusal says who is in the way and why: {}",
+        stderr(&late)
+    );
+    assert!(
+        node.record("fence-b").is_none(),
+        "the refused pilot wrote a record"
+    );
+    assert_eq!(
+        node.reservations(),
+        ["fence-a"],
+        "the refused pilot touched the host"
+    );
+    let (code, err) = kill.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first.finish().0, 5);
+    assert!(node.reservations().is_empty());
+    assert!(!request.exists(), "the fence outlived its kill-all");
+    assert!(coordinator.types_for("fence-b").is_empty());
+    // Lifted: the pool may submit again.
+    let again = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "2s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "fence-c",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+/// Issue #12, item 3: a kill request left behind by a kill-all that died (SIGKILL, node
+/// crash) fences nothing: its issuer is gone, so pilots start. Otherwise one crashed
+/// kill-all would keep the node out of the cloud until an admin found the file.
+#[test]
+fn a_kill_request_left_by_a_dead_kill_all_fences_nothing() {
+    let node = Node::new("");
+    std::fs::create_dir_all(node.state_dir()).unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    std::fs::write(
+        node.state_dir().join("kill-request.json"),
+        format!(
+            r#"{{"by":"root","why":"crashed","level":"fast","at":"2026-01-01T00:00:00Z","issuer":{{"pid":{pid},"start_time":0,"start_ticks":1,"boot_id":"{}"}}}}"#,
+            boot_id.trim()
+        ),
+    )
+    .unwrap();
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "2s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "after-crash",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

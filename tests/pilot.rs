@@ -385,8 +385,18 @@ fn an_active_lease_id_cannot_be_claimed_twice_but_an_ended_one_gets_a_new_epoch(
         "--lease-id",
         "dup",
     ]);
+    // The loser waits for the lease's lock, gives up and changes nothing: the winner's share
+    // and record are intact.
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lease dup is in use on this node"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(node.reservations(), ["dup"]);
+    let record = node.record("dup").unwrap();
+    assert_eq!(record["state"], "reserved");
+    assert_eq!(record["epoch"], 1);
     pilot.signal(Signal::SIGTERM);
     assert_eq!(pilot.finish().0, 5);
     let out = node.run(&[
@@ -425,4 +435,134 @@ fn state_files_are_private() {
     assert_eq!(mode(&node.state_dir().join("leases")), 0o700);
     assert_eq!(mode(&node.record_path("p")), 0o600);
     assert_eq!(mode(&node.state_dir().join("vmpilot.log")), 0o600);
+}
+
+/// Issue #12, item 6: two pilots started at the same instant with one `--lease-id`. Exactly
+/// one wins; the loser exits 3 and changes nothing (on vmpilot 0.1 both proceeded, and the
+/// loser's rollback released the winner's share).
+#[test]
+fn two_pilots_started_together_with_one_lease_id_one_wins_and_the_loser_changes_nothing() {
+    for round in 0..4 {
+        let node = Node::new("");
+        let lease = format!("twin{round}");
+        let a = node.spawn_lease(&lease, "5m", None);
+        let b = node.spawn_lease(&lease, "5m", None);
+        node.wait_state(&lease, "reserved");
+        // The loser gives up after lock_timeout (2 s); let it.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(node.reservations(), [lease.as_str()], "round {round}");
+        let r = node.record(&lease).unwrap();
+        assert_eq!(r["state"], "reserved", "round {round}: {r}");
+        assert_eq!(r["epoch"], 1, "round {round}: {r}");
+        for p in [&a, &b] {
+            let _ = nix::sys::signal::kill(p.pid(), Signal::SIGTERM);
+        }
+        let mut codes = [a.finish().0, b.finish().0];
+        codes.sort();
+        assert_eq!(
+            codes,
+            [3, 5],
+            "round {round}: one loser (3), one winner ended by SIGTERM (5)"
+        );
+        assert!(node.reservations().is_empty(), "round {round}");
+    }
+}
+
+/// Issue #12, item 7: `host.exclusive = true` admits one lease at a time. The second is
+/// refused (exit 2) and changes nothing; ending the first leaves nothing of the second to
+/// stop (on vmpilot 0.1 the second was admitted and ending either stopped the other's
+/// guests).
+#[test]
+fn an_exclusive_host_refuses_a_second_lease_and_it_changes_nothing() {
+    let node = Node::new("");
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("[host]\n", "[host]\nexclusive = true\n"),
+    )
+    .unwrap();
+    let first = node.spawn_lease("solo", "5m", None);
+    node.wait_state("solo", "reserved");
+    node.add_guest("g-solo", Some("solo"), &[]);
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "5m",
+        "--lease-id",
+        "second",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("host.exclusive = true") && stderr(&out).contains("solo"),
+        "the refusal names the setting and the lease in the way: {}",
+        stderr(&out)
+    );
+    assert_eq!(node.reservations(), ["solo"]);
+    assert_eq!(node.guest_state("g-solo"), "running");
+    if let Some(r) = node.record("second") {
+        // Ended before it began: nothing was reserved, nothing is left to recover.
+        assert_eq!(r["state"], "unreserved", "{r}");
+        assert!(!history(&r).iter().any(|s| s == "reserved"), "{r}");
+    }
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.finish().0, 5);
+    assert!(node.reservations().is_empty());
+    // Once the first is over, the node takes a lease again.
+    let out = node.run(&[
+        "run",
+        "--memory",
+        "1G",
+        "--walltime",
+        "2s",
+        "--grace",
+        "1s",
+        "--lease-id",
+        "third",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Issue #12, item 9: a SIGTERM that arrives while the pilot waits for the node lock ends
+/// it at once, before the host is touched (on vmpilot 0.1 it was acted on only after the
+/// wait, spending the batch system's kill delay). The test holds the node lock itself and
+/// releases it only after the pilot has exited.
+#[test]
+fn sigterm_while_waiting_for_the_node_lock_ends_the_pilot_before_the_host_is_touched() {
+    let node = Node::new("");
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("lock_timeout = \"2s\"", "lock_timeout = \"30s\""),
+    )
+    .unwrap();
+    std::fs::create_dir_all(node.state_dir()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(node.state_dir().join("node.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let pilot = node.spawn_lease("waiting", "5m", None);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.record("waiting").is_none() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    pilot.signal(Signal::SIGTERM);
+    // Still holding the lock: the pilot must not need it to end.
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(node.reservations().is_empty());
+    if let Some(r) = node.record("waiting") {
+        assert_eq!(r["state"], "unreserved", "{r}");
+        assert_eq!(r["end_reason"], "cancelled", "{r}");
+        assert!(
+            !history(&r).iter().any(|s| s == "reserved"),
+            "the host was reserved: {r}"
+        );
+    }
+    drop(lock);
 }

@@ -2,8 +2,9 @@
 //! the lease state machine (docs/state-machine.md), each produced for real: a pilot SIGKILLed
 //! at each crash point (src/crashpoint.rs), a pilot whose restore failed (`failed`), a pilot
 //! that is alive but frozen, and leases that ended normally. Then one `recover --boot` must
-//! finish every unfinished lease whatever its pid says, leave the terminal records alone,
-//! spool one event per finished lease, and a second run must change nothing.
+//! finish every unfinished lease whatever its pid says (but for the one whose live pilot
+//! holds the lease's lock), leave the terminal records alone, spool one event per finished
+//! lease, and a second run must change nothing.
 //!
 //! Needs the `fault-injection` feature (the README's test command enables it with
 //! --all-features). Simulated host; a loopback coordinator that answers 503, so every event
@@ -115,7 +116,8 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
         crash_states.insert(lease.clone(), node.record(&lease).unwrap()["state"].clone());
     }
 
-    // `reserved` with a pilot that is alive (frozen): --boot treats it as dead all the same.
+    // `reserved` with a pilot that is alive (frozen): it holds its lease's lock, which no
+    // process of a previous boot can, so even --boot leaves it alone (issue #12).
     node.add_guest("g-frozen", Some("frozen"), &["--shutdown-delay", "50ms"]);
     let frozen = node.spawn_lease("frozen", "10m", None);
     let live = node.wait_state("frozen", "reserved")["pilot"].clone();
@@ -197,7 +199,7 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
         .iter()
         .filter(|(_, s)| *s != "unreserved")
         .map(|(l, _)| l.clone())
-        .chain(["failed".to_string(), "frozen".to_string()])
+        .chain(["failed".to_string()])
         .collect();
     for lease in &unfinished {
         let r = node.record(lease).unwrap();
@@ -221,13 +223,18 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
             );
         }
     }
+    let frozen_record = node.record("frozen").unwrap();
     assert_eq!(
-        node.record("frozen").unwrap()["end_reason"],
-        "pilot-lost",
-        "a live pilot's lease is ended by --boot"
+        frozen_record["state"], "reserved",
+        "a live pilot's lease was ended by --boot: {frozen_record}"
     );
-    // The host is back at its baseline; other guests were not touched.
-    assert!(node.reservations().is_empty(), "{:?}", node.host());
+    assert!(
+        table.contains("frozen") && table.contains("pilot still running"),
+        "{table}"
+    );
+    assert_eq!(node.guest_state("g-frozen"), "running");
+    // The host is back at its baseline but for the live lease; other guests were not touched.
+    assert_eq!(node.reservations(), ["frozen"], "{:?}", node.host());
     assert_eq!(node.guest_state("bystander"), "running");
     for (lease, bytes) in &before {
         assert_eq!(
@@ -291,6 +298,102 @@ fn recover_boot_finishes_leases_left_in_every_state_once() {
         stdout(&again)
     );
 
+    // Once the frozen pilot is really gone, --boot finishes its lease too.
     frozen.signal(Signal::SIGKILL);
     frozen.finish();
+    let last = node.run(&["recover", "--boot"]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    let r = node.record("frozen").unwrap();
+    assert_eq!(r["state"], "unreserved", "{r}");
+    assert_eq!(r["end_reason"], "pilot-lost", "{r}");
+    assert_eq!(node.guest_state("g-frozen"), "shut-off");
+    assert!(node.reservations().is_empty(), "{:?}", node.host());
+}
+
+/// Issue #12, item 2: one finisher per lease. An epilog's `recover` and an admin's
+/// `kill-all` start on the same dead pilot's lease at once (its guest takes a while to
+/// shut down). Exactly one of them finishes it; the other waits for the lease's lock and
+/// then finds the work done. The guest is stopped once, the share released once, the end
+/// reported once, and no event `seq` of the lease is used twice. On vmpilot 0.1 both
+/// stopped the guest, both released, and the end reached the coordinator twice.
+#[test]
+fn recover_and_kill_all_racing_on_one_lease_finish_it_once() {
+    let coordinator = TestCoordinator::start(SECRET, common::coordinator::Mode::Accept);
+    for round in 0..3 {
+        let lease = format!("race{round}");
+        let node = big_node(&coordinator);
+        let pilot = node.spawn_lease(&lease, "10m", None);
+        node.wait_state(&lease, "reserved");
+        node.add_guest(
+            &format!("g-{lease}"),
+            Some(&lease),
+            &["--shutdown-delay", "800ms"],
+        );
+        pilot.signal(nix::sys::signal::Signal::SIGKILL);
+        pilot.finish();
+        let spawn = |args: &[&str]| common::Pilot {
+            child: node
+                .cmd(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        };
+        let (recover, kill) = if round % 2 == 0 {
+            let r = spawn(&["recover"]);
+            (r, spawn(&["kill-all", "--yes", "--graceful"]))
+        } else {
+            let k = spawn(&["kill-all", "--yes", "--graceful"]);
+            (spawn(&["recover"]), k)
+        };
+        let (rc, rerr) = recover.finish();
+        let (kc, kerr) = kill.finish();
+        assert_eq!(
+            (rc, kc),
+            (0, 0),
+            "round {round}\nrecover: {rerr}\nkill-all: {kerr}"
+        );
+        let r = node.record(&lease).unwrap();
+        assert_eq!(r["state"], "unreserved", "round {round}: {r}");
+        let ends = common::history_events(&r)
+            .into_iter()
+            .filter(|e| e == "pilot-lost" || e == "admin-kill")
+            .count();
+        assert_eq!(ends, 1, "round {round}: finished twice: {r}");
+        assert_eq!(r["guests"].as_array().unwrap().len(), 1, "{r}");
+        assert!(node.reservations().is_empty(), "round {round}");
+        // Delivered: the outbox of the winner flushes; a later recover resends leftovers.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while node.spooled() > 0 && std::time::Instant::now() < until {
+            let _ = node.run(&["recover"]);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let types = coordinator.types_for(&lease);
+        let ends: Vec<&String> = types
+            .iter()
+            .filter(|t| ["recovered", "killed", "unreserved", "failed"].contains(&t.as_str()))
+            .collect();
+        assert_eq!(
+            ends.len(),
+            1,
+            "round {round}: the end was reported {types:?}"
+        );
+        coordinator.with_log(|l| {
+            let mut seqs: Vec<u64> = l
+                .applied
+                .iter()
+                .filter(|e| e["lease_id"] == lease.as_str() && e["type"] != "heartbeat")
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect();
+            let n = seqs.len();
+            seqs.sort();
+            seqs.dedup();
+            assert_eq!(
+                seqs.len(),
+                n,
+                "round {round}: a seq was reused: {:?}",
+                l.applied
+            );
+        });
+    }
 }
