@@ -33,6 +33,10 @@ pub enum Point {
     UnreservedSaved,
     /// The end events are in the record and spooled; the record does not say so yet.
     UnreservedSpooled,
+    /// Inside a backend that moves a host-wide value (the hugepage pool, dom0's memory):
+    /// the value for a release is written, the ledger still holds the lease's entry. Not in
+    /// [`Point::ALL`]: the simulated host never reaches it.
+    HostValueSet,
 }
 
 impl Point {
@@ -67,6 +71,7 @@ impl Point {
             Point::HostReleased => "host-released",
             Point::UnreservedSaved => "unreserved-saved",
             Point::UnreservedSpooled => "unreserved-spooled",
+            Point::HostValueSet => "host-value-set",
         }
     }
 }

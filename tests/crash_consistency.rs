@@ -44,23 +44,38 @@ fn recover_ok(node: &Node, point: Point) {
     );
 }
 
+/// Every node also holds a second lease whose pilot lives through the crash and the
+/// recovery (issue #12, item 5): recovering the crashed lease must leave the other's share,
+/// record and guest exactly as they were, and the other's own end then restores the node.
 #[test]
 fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
     // All points at once, one node each, so the sweep takes one lease's time. One
     // coordinator hears them all (a lease id per point).
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
-    let runs: Vec<(Point, Node, Pilot)> = Point::ALL
+    let others: Vec<(Node, Pilot)> = Point::ALL
         .iter()
         .map(|&point| {
             let node = Node::with_coordinator(&coordinator.url, SECRET, "");
+            let other = format!("{}-other", point.name());
+            node.add_guest("g-other", Some(&other), &[]);
+            let pilot = node.spawn_lease(&other, "10m", None);
+            (node, pilot)
+        })
+        .collect();
+    let runs: Vec<(Point, Node, Pilot, Pilot)> = Point::ALL
+        .iter()
+        .zip(others)
+        .map(|(&point, (node, other))| {
+            node.wait_state(&format!("{}-other", point.name()), "reserved");
             // A guest owned by the lease, as a coordinator would have started.
             node.add_guest("g", Some(point.name()), &["--shutdown-delay", "100ms"]);
             let pilot = node.spawn_lease(point.name(), "3s", Some(point.name()));
-            (point, node, pilot)
+            (point, node, pilot, other)
         })
         .collect();
-    for (point, node, pilot) in runs {
+    for (point, node, pilot, other) in runs {
         let lease = point.name();
+        let other_lease = format!("{lease}-other");
         let (code, err) = pilot.finish();
         assert_eq!(
             code,
@@ -76,12 +91,20 @@ fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
             "{}: end report left unfinished: {r}",
             point.name()
         );
-        assert!(
-            node.reservations().is_empty(),
-            "{}: host not at baseline: {:?}",
+        assert_eq!(
+            node.reservations(),
+            [other_lease.as_str()],
+            "{}: host not at the other lease's share: {:?}",
             point.name(),
             node.host()
         );
+        assert_eq!(
+            node.record(&other_lease).unwrap()["state"],
+            "reserved",
+            "{}",
+            point.name()
+        );
+        assert_eq!(node.guest_state("g-other"), "running", "{}", point.name());
         if point != Point::BeginSaved {
             // From `reserving` on, the lease may have had guests: they must be stopped.
             assert_eq!(
@@ -111,6 +134,20 @@ fn sigkill_at_every_persist_or_act_point_then_recover_restores_the_node() {
             point.name()
         );
         assert_end_reported_once(&coordinator, lease, point);
+        other.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(
+            other.finish().0,
+            5,
+            "{}: the other lease's pilot",
+            point.name()
+        );
+        assert!(
+            node.reservations().is_empty(),
+            "{}: {:?}",
+            point.name(),
+            node.host()
+        );
+        assert_end_reported_once(&coordinator, &other_lease, point);
     }
 }
 

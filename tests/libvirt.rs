@@ -1228,3 +1228,71 @@ fn crash_and_recover(point: vmpilot::crashpoint::Point) {
         common::stdout(&again)
     );
 }
+
+/// Issue #12, item 5, on real libvirt with the hugepage stand-in: two leases overlap (each
+/// grew the pool by 256 pages: 5 -> 261 -> 517). The first is SIGKILLed inside its release,
+/// right after writing the pool for its end and before dropping its ledger entry. `recover`
+/// releases it again and must write the same 261, keeping the second lease's pages; the
+/// second's end then brings the pool back to exactly 5. vmpilot 0.1 computed `current -
+/// delta` on the retry and took the second lease's pages (5).
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_release_repeated_after_a_crash_keeps_the_other_lease_s_hugepages() {
+    if !enabled("a_release_repeated_after_a_crash_keeps_the_other_lease_s_hugepages") {
+        return;
+    }
+    let lv = LvNode::new("overlap", "destroy", "3s", false);
+    let (first, second) = (lease_id("ovl-a"), lease_id("ovl-b"));
+    let crashing = lv
+        .node
+        .cmd(&[
+            "run",
+            "--memory",
+            "512M",
+            "--cpus",
+            "1",
+            "--walltime",
+            "4s",
+            "--grace",
+            "1s",
+            "--lease-id",
+            &first,
+        ])
+        .env("VMPILOT_CRASH_AT", "host-value-set")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lv.node.wait_state(&first, "reserved");
+    let other = lv.pilot(&second);
+    lv.node.wait_state(&second, "reserved");
+    assert_eq!(lv.pool(), "517", "two leases of 256 pages on top of 5");
+    let (code, err) = Pilot { child: crashing }.finish();
+    assert_eq!(
+        code,
+        128 + 9,
+        "the pilot never reached host-value-set:\n{err}"
+    );
+    assert_eq!(
+        lv.pool(),
+        "261",
+        "the first release wrote its target before the crash"
+    );
+    let out = lv.node.run(&["recover"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert_eq!(lv.node.record(&first).unwrap()["state"], "unreserved");
+    assert_eq!(
+        lv.pool(),
+        "261",
+        "the repeated release took the other lease's hugepages"
+    );
+    assert_eq!(lv.node.record(&second).unwrap()["state"], "reserved");
+    other.signal(Signal::SIGTERM);
+    assert_eq!(other.finish().0, 5);
+    assert_restored(&lv, &lv.node.record(&second).unwrap());
+}

@@ -90,15 +90,29 @@ impl LedgerState {
             .any(|(id, s)| id != lease && s.delta != 0)
     }
 
-    /// The value the host should have once `lease` (holding `delta`) is gone, given the value
-    /// it has now: the node baseline when no other lease moved it, else `current - delta`.
-    pub fn value_after_release(&self, lease: &LeaseId, delta: i64, current: u64) -> u64 {
-        let undone = (current as i128 - delta as i128).max(0) as u64;
-        if self.others_moved(lease) {
-            undone
-        } else {
-            self.node_baseline.unwrap_or(undone)
-        }
+    /// The value the host should have once `lease` is gone: the node baseline plus what the
+    /// other leases still hold. Computed from the ledger alone, never from the value the
+    /// host has now, so a release repeated after a crash (value written, entry not yet
+    /// removed) writes the same target again and never takes another lease's share. Only a
+    /// ledger without a baseline (none has been written so since 0.1) falls back to
+    /// `current - delta`.
+    pub fn value_after_release(&self, lease: &LeaseId, current: u64) -> u64 {
+        let target = match self.node_baseline {
+            Some(baseline) => {
+                let others: i128 = self
+                    .leases
+                    .iter()
+                    .filter(|(id, _)| *id != lease)
+                    .map(|(_, s)| i128::from(s.delta))
+                    .sum();
+                i128::from(baseline) + others
+            }
+            None => {
+                let delta = self.leases.get(lease).map_or(0, |s| s.delta);
+                i128::from(current) - i128::from(delta)
+            }
+        };
+        u64::try_from(target.max(0)).unwrap_or(u64::MAX)
     }
 
     /// Record `share` for `lease`, remembering `current` as the node baseline when this is
@@ -249,11 +263,16 @@ mod tests {
         s.add(&id("b"), share(20), 15);
         assert_eq!(s.node_baseline, Some(5));
         // a leaves first: only its 10 come off.
-        assert_eq!(s.value_after_release(&id("a"), 10, 35), 25);
+        assert_eq!(s.value_after_release(&id("a"), 35), 25);
+        // Released again after a crash between writing 25 and dropping a's entry: the
+        // same 25, not 15 (which would take 10 of b's pages). Issue #12, item 5: vmpilot
+        // 0.1 computed `current - delta` and gave 15.
+        assert_eq!(s.value_after_release(&id("a"), 25), 25);
         s.remove(&id("a"));
         assert_eq!(s.node_baseline, Some(5));
-        // b is the last one: the exact value before any lease.
-        assert_eq!(s.value_after_release(&id("b"), 20, 26), 5);
+        // b is the last one: the exact value before any lease, whatever the host says.
+        assert_eq!(s.value_after_release(&id("b"), 26), 5);
+        assert_eq!(s.value_after_release(&id("b"), 5), 5);
         s.remove(&id("b"));
         assert_eq!(s, LedgerState::default());
     }
@@ -268,7 +287,8 @@ mod tests {
         );
         s.add(&id("x"), share(-1024), 4096);
         s.add(&id("y"), share(-512), 3072);
-        assert_eq!(s.value_after_release(&id("x"), -1024, 2560), 3584);
+        assert_eq!(s.value_after_release(&id("x"), 2560), 3584);
+        assert_eq!(s.value_after_release(&id("x"), 3584), 3584, "repeated");
         assert_eq!(s.cpus(), 3);
     }
 

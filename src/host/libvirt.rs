@@ -481,8 +481,9 @@ impl Host for LibvirtHost {
                     )
                 })?;
             let current = hugepages::read(&path).map_err(|e| op_error(&op, e))?;
-            let target = guard.state.value_after_release(lease, held.delta, current);
+            let target = guard.state.value_after_release(lease, current);
             hugepages::restore(&path, target).map_err(|e| op_error(&op, e))?;
+            crate::crashpoint::hit(crate::crashpoint::Point::HostValueSet);
         }
         guard.state.remove(lease);
         guard.save(&op)

@@ -362,8 +362,9 @@ impl Host for XenHost {
         };
         if held.delta != 0 {
             let current = self.dom0_mib(&op)?;
-            let target = guard.state.value_after_release(lease, held.delta, current);
+            let target = guard.state.value_after_release(lease, current);
             self.balloon_to(target)?;
+            crate::crashpoint::hit(crate::crashpoint::Point::HostValueSet);
         }
         guard.state.remove(lease);
         guard.save(&op)
