@@ -123,6 +123,50 @@ fn a_pilot_asking_for_more_than_its_job_was_given_is_refused() {
     }
 }
 
+/// Issue #12, item 8: sizes are added with checked arithmetic. `--memory` plus the guest
+/// overhead (2 x 64 MiB here) past 2^64 MiB wrapped around in release builds, and a 300 MiB
+/// job got a lease of 18446744073709551204 MiB (a debug build panicked). Refused with exit 2
+/// and nothing changed, with a job and without one (then the host's admission checks it).
+#[test]
+fn sizes_that_overflow_when_added_are_refused_and_change_nothing() {
+    let node = Node::new("");
+    let bin = node.dir.path().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    fake(
+        &bin,
+        "scontrol",
+        "echo 'JobId=78 JobState=RUNNING RunTime=00:00:05 TimeLimit=01:00:00 NumNodes=1 NumCPUs=2 MinMemoryNode=300M NodeList=n1'",
+    );
+    // 2^64 - 16 MiB: plus 128 MiB of overhead it wraps to 112 MiB, which fits the job.
+    let huge = "18446744073709551600M";
+    for job in [Some("78"), None] {
+        let mut cmd = node.cmd(&[
+            "run",
+            "--lease-id",
+            "wrap",
+            "--walltime",
+            "1m",
+            "--memory",
+            huge,
+        ]);
+        cmd.env("PATH", &bin);
+        if let Some(job) = job {
+            cmd.env("SLURM_JOB_ID", job);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "job {job:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("more than any host"),
+            "job {job:?}: {}",
+            stderr(&out)
+        );
+        assert!(node.reservations().is_empty(), "job {job:?}");
+        if let Some(r) = node.record("wrap") {
+            assert_eq!(r["state"], "unreserved", "job {job:?}: nothing held: {r}");
+        }
+    }
+}
+
 /// `kill-all --cluster` is the one place vmpilot runs `squeue`. Missing, hanging, failing or
 /// printing something other than the asked-for format, it must fail clearly (exit 3, naming
 /// `squeue` and what went wrong) and cancel nothing — never report "no pilot jobs found".

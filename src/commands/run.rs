@@ -85,7 +85,22 @@ fn fit_to_job(
     args: &RunArgs,
     job: Option<&JobFacts>,
 ) -> Result<(u64, u32), UsageError> {
-    let overhead = config.host.guest_overhead.mib() * u64::from(config.lease.max_guests);
+    // Checked: a wrapped sum would admit a lease of nearly 2^64 MiB in a 300 MiB job.
+    let too_big = |what: String| UsageError {
+        problem: format!("{what} is more than any host can have"),
+        hint: "give sizes in MiB/GiB that fit the node, e.g. --memory 4G".into(),
+    };
+    let overhead = config
+        .host
+        .guest_overhead
+        .mib()
+        .checked_mul(u64::from(config.lease.max_guests))
+        .ok_or_else(|| {
+            too_big(format!(
+                "host.guest_overhead ({}) x lease.max_guests ({})",
+                config.host.guest_overhead, config.lease.max_guests
+            ))
+        })?;
     let job_memory = job.and_then(|j| j.memory_mib);
     let memory = match (args.memory, job_memory) {
         (Some(m), _) => m.mib(),
@@ -105,8 +120,13 @@ fn fit_to_job(
             });
         }
     };
+    let charged = memory.checked_add(overhead).ok_or_else(|| {
+        too_big(format!(
+            "--memory {memory} MiB plus {overhead} MiB guest overhead"
+        ))
+    })?;
     if let Some(jm) = job_memory
-        && memory + overhead > jm
+        && charged > jm
     {
         return Err(UsageError {
             problem: format!(

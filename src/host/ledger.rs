@@ -71,7 +71,10 @@ impl Default for LedgerState {
 impl LedgerState {
     /// CPUs held by all leases.
     pub fn cpus(&self) -> u32 {
-        self.leases.values().map(|s| s.cpus).sum()
+        self.leases
+            .values()
+            .map(|s| s.cpus)
+            .fold(0, u32::saturating_add)
     }
 
     /// CPUs pinned for leases other than `lease`.
@@ -222,8 +225,11 @@ pub fn budget_excess(guests: &[Guest], share: &LeaseShare, exclusive: bool) -> O
         .iter()
         .filter(|g| g.running && owned_by(g, &share.lease_id, exclusive))
         .collect();
-    let memory: u64 = mine.iter().map(|g| g.memory_mib).sum();
-    let vcpus: u32 = mine.iter().map(|g| g.vcpus).sum();
+    let memory: u64 = mine
+        .iter()
+        .map(|g| g.memory_mib)
+        .fold(0, u64::saturating_add);
+    let vcpus: u32 = mine.iter().map(|g| g.vcpus).fold(0, u32::saturating_add);
     if memory <= share.memory_mib && vcpus <= share.cpus {
         return None;
     }

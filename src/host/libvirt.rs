@@ -249,7 +249,7 @@ impl LibvirtHost {
             .0
             .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             .map_err(|e| virt_error(&op, &e))?;
-        let overhead_kib = self.guest_overhead.mib() * 1024;
+        let overhead_kib = self.guest_overhead.mib().saturating_mul(1024);
         let mut failed = Vec::new();
         for dom in &domains {
             let guest = match self.describe(dom) {
@@ -257,7 +257,10 @@ impl LibvirtHost {
                 Ok(_) => continue,
                 Err(e) => return Err(virt_error(&op, &e)),
             };
-            let hard_limit_kib = guest.memory_mib * 1024 + overhead_kib;
+            let hard_limit_kib = guest
+                .memory_mib
+                .saturating_mul(1024)
+                .saturating_add(overhead_kib);
             match fence::fence_domain(dom, cpuset, hard_limit_kib) {
                 Ok(()) => {
                     tracing::debug!(lease = %share.lease_id, guest = %guest.name, cpus = %fence::cpu_list(cpuset), hard_limit_mib = hard_limit_kib / 1024, "guest fenced")
@@ -336,11 +339,15 @@ fn capacity_from(
                 .iter()
                 .filter(|g| g.running && owned_by(g, id, exclusive))
                 .map(|g| g.memory_mib)
-                .sum();
-            let pool = share.delta.max(0) as u64 * hugepages::PAGE_MIB;
-            share.charged_mib.saturating_sub(used + pool)
+                .fold(0, u64::saturating_add);
+            let pool = share
+                .delta
+                .max(0)
+                .unsigned_abs()
+                .saturating_mul(hugepages::PAGE_MIB);
+            share.charged_mib.saturating_sub(used.saturating_add(pool))
         })
-        .sum();
+        .fold(0, u64::saturating_add);
     Capacity {
         total_memory_mib: total_mib,
         free_memory_mib: free_mib.saturating_sub(outstanding),
@@ -380,8 +387,7 @@ impl Host for LibvirtHost {
         let conn = self.connect()?;
         let cap = self.capacity_with(&conn, &guard.state)?;
         drop(conn);
-        let overhead = self.guest_overhead.mib() * u64::from(share.max_guests);
-        let charged = share.memory_mib + overhead;
+        let (overhead, charged) = share.charged_mib(self.guest_overhead)?;
         let reserve = self.host_reserve.mib();
         let avail = cap.free_memory_mib.saturating_sub(reserve);
         if charged > avail {

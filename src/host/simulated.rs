@@ -169,11 +169,17 @@ fn op_error(op: &str, detail: impl Into<String>) -> HostError {
 
 impl SimNode {
     fn reserved_mib(&self) -> u64 {
-        self.reservations.values().map(|r| r.memory_mib).sum()
+        self.reservations
+            .values()
+            .map(|r| r.memory_mib)
+            .fold(0, u64::saturating_add)
     }
 
     fn reserved_cpus(&self) -> u32 {
-        self.reservations.values().map(|r| r.cpus).sum()
+        self.reservations
+            .values()
+            .map(|r| r.cpus)
+            .fold(0, u32::saturating_add)
     }
 
     /// Settle guests whose ACPI shutdown has had time to complete.
@@ -335,14 +341,15 @@ impl Host for SimulatedHost {
     fn reserve(&self, share: &LeaseShare) -> Result<serde_json::Value, HostError> {
         let what = format!("reserve lease {}", share.lease_id);
         self.fault(FaultOp::Reserve, &what)?;
-        let overhead = self.guest_overhead.mib() * u64::from(share.max_guests);
-        let charged = share.memory_mib + overhead;
+        let (overhead, charged) = share.charged_mib(self.guest_overhead)?;
         let reserve = self.host_reserve.mib();
         self.with_node(&what, |n| {
             if n.reservations.contains_key(&share.lease_id) {
                 return Err(op_error(&what, "the lease already holds a share of this host"));
             }
-            let free = n.memory_mib.saturating_sub(n.reserved_mib() + reserve);
+            let free = n
+                .memory_mib
+                .saturating_sub(n.reserved_mib().saturating_add(reserve));
             if charged > free {
                 return Err(HostError::Admission {
                     detail: format!(

@@ -114,7 +114,8 @@ pub fn parse_slurm_mem(text: &str) -> Option<u64> {
         "T" => n * 1024.0 * 1024.0,
         _ => return None,
     };
-    Some(mib.floor() as u64)
+    // Checked: `as` would saturate a huge or non-finite number into a plausible size.
+    (mib.is_finite() && mib >= 0.0 && mib < u64::MAX as f64).then(|| mib.floor() as u64)
 }
 
 fn facts_from(
@@ -146,7 +147,7 @@ fn facts_from(
     let memory_mib = match get("MinMemoryNode").and_then(parse_slurm_mem) {
         Some(m) if m > 0 => Some(m),
         _ => match (get("MinMemoryCPU").and_then(parse_slurm_mem), cpus) {
-            (Some(per_cpu), Some(c)) if per_cpu > 0 => Some(per_cpu * u64::from(c)),
+            (Some(per_cpu), Some(c)) if per_cpu > 0 => per_cpu.checked_mul(u64::from(c)),
             _ => get("TRES")
                 .and_then(|t| t.split(',').find_map(|kv| kv.strip_prefix("mem=")))
                 .and_then(parse_slurm_mem)

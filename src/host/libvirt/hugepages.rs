@@ -34,7 +34,12 @@ pub fn set(path: &Path, pages: u64) -> Result<u64, String> {
 /// Grow the pool from `before` by `add` pages; on a partial grow, restore `before` and say
 /// how many pages the kernel gave.
 pub fn grow(path: &Path, before: u64, add: u64) -> Result<(), String> {
-    let want = before + add;
+    let want = before.checked_add(add).ok_or_else(|| {
+        format!(
+            "{} holds {before} pages; {add} more is more than the kernel can count",
+            path.display()
+        )
+    })?;
     let got = match set(path, want) {
         Ok(got) if got == want => return Ok(()),
         Ok(got) => got,
