@@ -21,6 +21,10 @@ use crate::lease::{Event, LeaseState};
 /// (at most a quarter of the budget): ballooning dom0 back can take seconds.
 const RESTORE_SHARE: Duration = Duration::from_secs(10);
 
+/// Rounds of stopping a lease's guests: the first stops what was listed, each further one
+/// what was started meanwhile. Past them the lease ends `failed`.
+const MAX_GUEST_ROUNDS: usize = 3;
+
 /// Everything needed to end a lease.
 #[derive(Clone)]
 pub struct Releaser {
@@ -96,17 +100,42 @@ impl Releaser {
         let left = || until.saturating_duration_since(Instant::now());
         let keep = RESTORE_SHARE.min(left() / 4);
         let guests_until = until - keep;
-        let guests = self.guests_retrying(record, guests_until).await?;
-        let guest_budget = guests_until
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(500));
+        // A guest of the lease may be started while the first ones are being stopped (a
+        // coordinator's launch in flight): list again after each round and stop the late
+        // starters, so no guest of the lease outlives "restored". Bounded: a lease whose
+        // guests keep appearing ends `failed`, never `unreserved` with a guest running.
         let exclusive = self.config.host.exclusive;
-        let mine: Vec<_> = guests
-            .into_iter()
-            .filter(|g| owned_by(g, &record.lease_id, exclusive))
-            .collect();
-        if !mine.is_empty() {
+        for round in 0..=MAX_GUEST_ROUNDS {
+            let guests = self.guests_retrying(record, guests_until).await?;
+            let mine: Vec<_> = guests
+                .into_iter()
+                .filter(|g| owned_by(g, &record.lease_id, exclusive))
+                .filter(|g| round == 0 || g.running)
+                .collect();
+            if mine.is_empty() {
+                break;
+            }
+            if round == MAX_GUEST_ROUNDS {
+                let names: Vec<&str> = mine.iter().map(|g| g.name.as_str()).collect();
+                return Err(HostError::Operation {
+                    op: "stop the lease's guests".into(),
+                    detail: format!(
+                        "{} still run after {MAX_GUEST_ROUNDS} rounds of stopping, started while the lease was ending: {}; \
+                         the host is not restored (is something still launching guests for this lease?)",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                });
+            }
+            if round > 0 {
+                let names: Vec<&str> = mine.iter().map(|g| g.name.as_str()).collect();
+                tracing::warn!(lease = %record.lease_id, round, guests = %names.join(","), "guests of the lease started while it was ending; stopping them too");
+            }
+            let guest_budget = guests_until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500));
             let (host, policy) = (self.host.clone(), self.config.host.on_unreserve);
+            let force = force.clone();
             let stopping = tokio::task::spawn_blocking(move || {
                 unreserve::stop_guests(host.as_ref(), mine, policy, guest_budget, &force)
             });
@@ -114,7 +143,16 @@ impl Releaser {
             // for: only a hypervisor that hangs runs past the overrun.
             let limit = guest_budget + unreserve::DESTROY_OVERRUN;
             let fates = match tokio::time::timeout(limit, stopping).await {
-                Ok(fates) => fates.unwrap_or_default(),
+                Ok(Ok(fates)) => fates,
+                // A panic while stopping guests says nothing about them: they may run.
+                Ok(Err(failed)) => {
+                    return Err(HostError::Operation {
+                        op: "stop guests".into(),
+                        detail: format!(
+                            "the task stopping the lease's guests failed ({failed}); they may still run and the host is not restored"
+                        ),
+                    });
+                }
                 Err(_) => {
                     return Err(HostError::Timeout {
                         op: "stop guests".into(),
@@ -122,7 +160,7 @@ impl Releaser {
                     });
                 }
             };
-            record.guests = keep_earlier_fates(&record.guests, fates);
+            record.guests = merge_fates(&record.guests, fates);
             // The fates are evidence; keep them even if the restore below fails.
             let _ = self.store.save(record);
             crashpoint::hit(Point::GuestsStopped);
@@ -225,6 +263,19 @@ impl Releaser {
 /// Merge the fates of this stop with those an earlier, interrupted one saved (a pilot killed
 /// after stopping its guests, a recovery killed part-way): a guest this run found
 /// `already-stopped` keeps the fate that stopped it, so the record still says who did what.
+/// The fates of a round of stopping merged into what the record already says: guests of
+/// earlier rounds (or an earlier finisher) keep their entries, sorted by name.
+fn merge_fates(earlier: &[GuestFate], now: Vec<GuestFate>) -> Vec<GuestFate> {
+    let mut merged = keep_earlier_fates(earlier, now);
+    for e in earlier {
+        if !merged.iter().any(|m| m.name == e.name) {
+            merged.push(e.clone());
+        }
+    }
+    merged.sort_by(|a, b| a.name.cmp(&b.name));
+    merged
+}
+
 fn keep_earlier_fates(earlier: &[GuestFate], now: Vec<GuestFate>) -> Vec<GuestFate> {
     now.into_iter()
         .map(|f| match earlier.iter().find(|e| e.name == f.name) {

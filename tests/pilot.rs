@@ -566,3 +566,137 @@ fn sigterm_while_waiting_for_the_node_lock_ends_the_pilot_before_the_host_is_tou
     }
     drop(lock);
 }
+
+/// Issue #12, item 4: a guest of the lease started while the pilot is stopping the others
+/// (after it listed them: the first guest has been asked to shut down) is stopped too; the
+/// lease ends `unreserved` only with no guest of it running. vmpilot 0.1 stopped only what
+/// it had listed and left the late one running on a node it called restored.
+#[test]
+fn a_guest_started_while_the_lease_ends_is_stopped_too() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "10m",
+        "--grace",
+        "10s",
+        "--lease-id",
+        "late",
+    ]);
+    node.wait_state("late", "reserved");
+    node.add_guest("slow", Some("late"), &["--shutdown-delay", "1500ms"]);
+    pilot.signal(Signal::SIGTERM);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let host = node.host();
+        let asked = host["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "slow" && !g["shutdown_requested_ms"].is_null());
+        if asked {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the pilot never stopped `slow`: {host}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    node.add_guest("late-starter", Some("late"), &[]);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(
+        node.guest_state("late-starter"),
+        "shut-off",
+        "the late guest still runs"
+    );
+    assert_eq!(node.guest_state("slow"), "shut-off");
+    let r = node.record("late").unwrap();
+    assert_eq!(r["state"], "unreserved", "{r}");
+    let names: Vec<&str> = r["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["late-starter", "slow"], "{r}");
+    assert!(node.reservations().is_empty());
+}
+
+/// Issue #12, item 4: guests of the lease that keep being started while it ends (here: a
+/// late guest that cannot be destroyed) leave the lease `failed`, never `unreserved` with
+/// a guest of it running.
+#[test]
+fn a_late_guest_that_cannot_be_stopped_fails_the_lease() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&[
+        "--memory",
+        "1G",
+        "--walltime",
+        "10m",
+        "--grace",
+        "3s",
+        "--lease-id",
+        "late2",
+    ]);
+    node.wait_state("late2", "reserved");
+    node.add_guest("slow", Some("late2"), &["--shutdown-delay", "1s"]);
+    pilot.signal(Signal::SIGTERM);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !node.host()["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["name"] == "slow" && !g["shutdown_requested_ms"].is_null())
+    {
+        assert!(std::time::Instant::now() < until);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    node.add_guest("stuck", Some("late2"), &["--ignore-shutdown"]);
+    node.fault("destroy", "error", 100, "0s");
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 6, "ended by a signal, NOT restored: {err}");
+    let r = node.record("late2").unwrap();
+    assert_eq!(r["state"], "failed", "{r}");
+    assert_eq!(node.guest_state("stuck"), "running");
+    assert_eq!(
+        node.reservations(),
+        ["late2"],
+        "the share is kept while its guest runs"
+    );
+}
+
+/// Issue #12, item 10: a panic while stopping the lease's guests (a backend bug, injected
+/// on the simulated host) is a host error: the lease ends `failed` and the node is NOT
+/// called restored. vmpilot 0.1 counted the panic as "no guests" and restored the host
+/// with the guest still running.
+#[test]
+fn a_panic_while_stopping_guests_fails_the_lease_instead_of_restoring_it() {
+    let node = Node::new("");
+    let pilot = node.spawn_lease("panicky", "10m", None);
+    node.wait_state("panicky", "reserved");
+    node.add_guest("g-panicky", Some("panicky"), &[]);
+    node.fault("shutdown", "panic", 1, "0s");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 6, "ended by a signal, NOT restored: {err}");
+    let r = node.record("panicky").unwrap();
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("may still run"),
+        "{r}"
+    );
+    assert_eq!(node.guest_state("g-panicky"), "running");
+    assert_eq!(node.reservations(), ["panicky"]);
+    // The fault is spent: recover finishes the lease.
+    let out = node.run(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.record("panicky").unwrap()["state"], "unreserved");
+    assert_eq!(node.guest_state("g-panicky"), "shut-off");
+    assert!(node.reservations().is_empty());
+}

@@ -58,6 +58,8 @@ pub enum FaultMode {
     Error,
     /// Sleep for `hang_ms` before doing the operation.
     Hang,
+    /// Panic, as a bug in a backend would: callers must not take it for success.
+    Panic,
 }
 
 /// An injected failure, consumed `times` times.
@@ -317,6 +319,10 @@ impl SimulatedHost {
                 std::thread::sleep(Duration::from_millis(hang_ms));
                 Ok(())
             }
+            Some(Fault {
+                mode: FaultMode::Panic,
+                ..
+            }) => panic!("{what}: injected panic (simulated host fault)"),
             None => Ok(()),
         }
     }
