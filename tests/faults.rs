@@ -600,6 +600,70 @@ fn wall_clock_steps_during_a_lease_do_not_move_the_deadline() {
     );
 }
 
+/// Issue #12, item 10: a node whose clock is two hours off (not yet synced at boot) signs
+/// with timestamps outside the coordinator's window and gets 401s. Every retry is signed
+/// anew, so the events must stay spooled (the skew logged), never be moved to
+/// `spool/rejected/`; once the clock is right the next delivery brings each exactly once.
+/// vmpilot 0.1 moved them to `rejected/` at the first 401.
+#[test]
+fn a_clock_off_at_boot_keeps_events_spooled_until_it_is_synced() {
+    if !Path::new(LIBFAKETIME).exists() {
+        eprintln!("SKIPPED: {LIBFAKETIME} missing: apt-get install faketime");
+        return;
+    }
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node_for(&coordinator.url);
+    let out = node
+        .cmd(&[
+            "run",
+            "--memory",
+            "1G",
+            "--walltime",
+            "3s",
+            "--grace",
+            "1s",
+            "--lease-id",
+            "skewed",
+        ])
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", "-2h")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("clock is") && stderr(&out).contains("off the coordinator"),
+        "the skew is named: {}",
+        stderr(&out)
+    );
+    assert!(
+        coordinator.with_log(|l| l.bad_signatures) >= 1,
+        "the clock was not off"
+    );
+    assert!(coordinator.types_for("skewed").is_empty());
+    let rejected = std::fs::read_dir(node.state_dir().join("spool/rejected"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        rejected, 0,
+        "events moved to rejected/ for a clock that heals"
+    );
+    assert_eq!(
+        node.spooled(),
+        3,
+        "reserved, unreserving, unreserved stay spooled"
+    );
+    // The clock is synced: recovery's delivery sends each event once.
+    let out = node.run(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.spooled(), 0);
+    assert_eq!(
+        coordinator.types_for("skewed"),
+        ["reserved", "unreserving", "unreserved"]
+    );
+    assert_eq!(coordinator.with_log(|l| l.duplicates), 0);
+}
+
 /// `program` with `args`, run in a private mount namespace where `/proc/stat` is a copy
 /// whose `btime` is `step_secs` later: what every process sees after CLOCK_REALTIME is
 /// stepped forward (the kernel keeps the boot instant on the monotonic clock and derives

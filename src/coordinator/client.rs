@@ -130,6 +130,14 @@ impl CoordinatorClient {
     /// POST one event body (the exact spooled bytes), waiting at most `left` (and never
     /// more than the configured timeout).
     pub async fn post_event(&self, body: &[u8], left: Duration) -> PostOutcome {
+        if left < MIN_ATTEMPT {
+            // Started this late, the request would time out on our side after the
+            // coordinator may have applied it: the retry would then arrive as a duplicate.
+            return PostOutcome::Transient(format!(
+                "less than {} ms left: not started",
+                MIN_ATTEMPT.as_millis()
+            ));
+        }
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -138,7 +146,7 @@ impl CoordinatorClient {
         let request = self
             .http
             .post(&self.events_url)
-            .timeout(self.timeout.min(left).max(Duration::from_millis(50)))
+            .timeout(self.timeout.min(left))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(SIGNATURE_HEADER, &signature)
             .body(body.to_vec());
@@ -147,6 +155,9 @@ impl CoordinatorClient {
             Err(e) => return PostOutcome::Transient(describe_send_error(&e)),
         };
         let status = response.status();
+        // The coordinator's clock, to tell a refused timestamp (this node's clock is off,
+        // which heals) from a refused secret (which does not).
+        let skew = clock_skew_secs(response.headers(), SystemTime::now());
         let reply_signature = response
             .headers()
             .get(SIGNATURE_HEADER)
@@ -187,6 +198,19 @@ impl CoordinatorClient {
             .chars()
             .take(MAX_LOGGED_BODY)
             .collect();
+        if status.as_u16() == 401
+            && let Some(skew) = skew.filter(|s| s.abs() >= SKEW_SUSPECT_SECS)
+        {
+            // Every retry is signed anew: once the clock is synced (chrony at boot) the
+            // same event goes through. Keep it spooled; never move it to `rejected/`.
+            tracing::warn!(
+                skew_secs = skew,
+                "coordinator refused the signature and its clock differs from this node's by {skew}s; retrying (sync this node's clock: chronyc tracking / timedatectl)"
+            );
+            return PostOutcome::Transient(format!(
+                "coordinator answered {status}: this node's clock is {skew}s off the coordinator's (its Date header), so the signature's timestamp is outside its window; retrying until the clock is synced"
+            ));
+        }
         if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
             PostOutcome::Rejected {
                 status: status.as_u16(),
@@ -196,6 +220,25 @@ impl CoordinatorClient {
             PostOutcome::Transient(format!("coordinator answered {status}"))
         }
     }
+}
+
+/// The least time left for which a request is started at all.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// A clock difference from the coordinator's this large makes a 401 a timestamp problem:
+/// synced clocks differ by milliseconds (and `Date` has whole seconds), and no sensible
+/// replay window is this short. Erring this way costs retries, never an event.
+const SKEW_SUSPECT_SECS: i64 = 5;
+
+/// This node's clock minus the coordinator's, from the reply's `Date` header (seconds;
+/// positive: this node is ahead). `None` without a readable header.
+fn clock_skew_secs(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<i64> {
+    let date = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    let theirs = httpdate::parse_http_date(date).ok()?;
+    Some(match now.duration_since(theirs) {
+        Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+        Err(behind) => -i64::try_from(behind.duration().as_secs()).unwrap_or(i64::MAX),
+    })
 }
 
 /// The whole cause of a failed request: reqwest's own message names only the URL, the
@@ -246,4 +289,39 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, b
         buf.extend_from_slice(&chunk);
     }
     (buf, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #12, item 10: the final flush of a pilot under contention started requests
+    /// with as little as 50 ms left; those timed out on our side after the coordinator had
+    /// applied them, and the retries arrived as duplicates. With less than `MIN_ATTEMPT`
+    /// left nothing is sent (a real listener on loopback sees no connection); with enough
+    /// left the request is made.
+    #[tokio::test]
+    async fn no_request_is_started_with_less_than_the_minimum_left() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let client = CoordinatorClient::new(
+            &url,
+            Secret::new("min-attempt-secret-0123"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let outcome = client
+            .post_event(b"{}", MIN_ATTEMPT - Duration::from_millis(1))
+            .await;
+        assert!(
+            matches!(&outcome, PostOutcome::Transient(why) if why.contains("not started")),
+            "{outcome:?}"
+        );
+        assert!(listener.accept().is_err(), "a connection was made");
+        // Enough time: the request goes out (and times out, as nothing answers).
+        let outcome = client.post_event(b"{}", Duration::from_millis(400)).await;
+        assert!(matches!(outcome, PostOutcome::Transient(_)), "{outcome:?}");
+        assert!(listener.accept().is_ok(), "no connection was made");
+    }
 }
