@@ -202,6 +202,103 @@ fn reserved_starts_the_templates_with_lease_metadata_and_the_end_retires_them() 
     assert!(domstate(&domain).starts_with("undefined"), "{l}");
 }
 
+/// Issue #12, item 4, the coordinator's side, on real libvirt: when a lease ends, a guest
+/// the coordinator launched for it that still runs (the pilot did not stop it) is stopped
+/// and undefined, not left running; and a `reserved` that arrives after the lease's end (a
+/// late delivery) starts nothing. vmpilot 0.1 kept the running guest ("still running") and
+/// launched the templates for the late `reserved`.
+#[test]
+fn the_end_of_a_lease_stops_its_running_guests_and_a_late_reserved_starts_none() {
+    if !enabled("libvirt") {
+        return;
+    }
+    let _lock = libvirt_lock(false);
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = template(dir.path(), "tiny.xml", "131072");
+    let coord = Coord::start(&format!("[guests]\ntemplates = [\"{tiny}\"]\n"));
+    let lease = format!("e2e-end-{}", std::process::id());
+    let late = format!("e2e-late-{}", std::process::id());
+    let _domains = Domains(vec![format!("tiny-{lease}-"), format!("tiny-{late}-")]);
+    let http = Http::new();
+    let event = |lease: &str, kind: &str, seq: u64, fields: Value| {
+        let mut e = json!({
+            "protocol": 1, "event_id": uuid::Uuid::new_v4().to_string(), "type": kind,
+            "lease_id": lease, "epoch": 1, "seq": seq, "node": "e2e-node", "job_id": null,
+            "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+        });
+        for (k, v) in fields.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        e
+    };
+    let deadline = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let reserved = json!({"memory_mib": 512, "cpus": 1, "deadline": deadline, "grace_secs": 30,
+                          "hypervisor": {"backend": "libvirt", "uri": URI}});
+    let (status, _) = http.post_event(&coord.url, &event(&lease, "reserved", 0, reserved.clone()));
+    assert_eq!(status, 200);
+    wait_lease(
+        &http,
+        &coord.url,
+        &lease,
+        Duration::from_secs(60),
+        "the launch recorded",
+        |l| launched(l, "tiny")["status"] == "started",
+    );
+    let domain = format!("tiny-{lease}-1");
+    assert_eq!(domstate(&domain), "running");
+    // The lease ends with its guest still running (here: the pilot never saw it).
+    let (status, _) = http.post_event(
+        &coord.url,
+        &event(
+            &lease,
+            "unreserved",
+            1,
+            json!({"reason": "deadline", "guests": []}),
+        ),
+    );
+    assert_eq!(status, 200);
+    let l = wait_lease(
+        &http,
+        &coord.url,
+        &lease,
+        Duration::from_secs(30),
+        "the guest retired",
+        |l| launched(l, "tiny")["status"] != "started",
+    );
+    assert_eq!(
+        launched(&l, "tiny")["status"],
+        "retired",
+        "{l}\n{}",
+        coord.log()
+    );
+    assert!(domstate(&domain).starts_with("undefined"), "{l}");
+
+    // A lease whose end arrives before its `reserved` (delivered late): nothing starts.
+    let (status, _) = http.post_event(
+        &coord.url,
+        &event(
+            &late,
+            "unreserved",
+            1,
+            json!({"reason": "cancelled", "guests": []}),
+        ),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = http.post_event(&coord.url, &event(&late, "reserved", 0, reserved));
+    assert_eq!(status, 200);
+    // A launch takes well under this on the test bed (the first part of this test).
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, l) = http.get(&format!("{}/v1/leases/{late}", coord.url));
+    assert_eq!(l["state"], "unreserved", "{l}");
+    assert!(
+        l["launched"].as_array().is_none_or(|a| a.is_empty()),
+        "templates launched for an ended lease: {l}"
+    );
+    assert!(domstate(&format!("tiny-{late}-1")).starts_with("undefined"));
+}
+
 #[test]
 fn a_pilot_submitted_through_the_api_gets_its_guest_and_gives_the_node_back_on_scancel() {
     if !enabled("slurm") || !enabled("libvirt") {

@@ -664,65 +664,6 @@ fn a_clock_off_at_boot_keeps_events_spooled_until_it_is_synced() {
     assert_eq!(coordinator.with_log(|l| l.duplicates), 0);
 }
 
-/// `program` with `args`, run in a private mount namespace where `/proc/stat` is a copy
-/// whose `btime` is `step_secs` later: what every process sees after CLOCK_REALTIME is
-/// stepped forward (the kernel keeps the boot instant on the monotonic clock and derives
-/// `btime` from the wall clock). libfaketime cannot move `btime`; this can. `None` when
-/// this machine cannot do it (not root, no `unshare`), saying why.
-fn with_clock_stepped(
-    node: &Node,
-    step_secs: i64,
-    program: &str,
-    args: &[&str],
-) -> Option<std::process::Output> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: stepping btime needs root (a private mount namespace)");
-        return None;
-    }
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let shifted: String = stat
-        .lines()
-        .map(|l| match l.strip_prefix("btime ") {
-            Some(t) => format!("btime {}\n", t.trim().parse::<i64>().unwrap() + step_secs),
-            None => format!("{l}\n"),
-        })
-        .collect();
-    let copy = node.dir.path().join("proc-stat-stepped");
-    std::fs::write(&copy, shifted).unwrap();
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /proc/stat && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&copy)
-        .arg(program)
-        .args(args)
-        .env_remove("SLURM_JOB_ID")
-        .env_remove("PBS_JOBID")
-        .output();
-    match out {
-        Ok(out) if !out.status.success() && stderr(&out).contains("mount") => {
-            eprintln!(
-                "SKIPPED: cannot bind-mount over /proc/stat: {}",
-                stderr(&out)
-            );
-            None
-        }
-        Ok(out) => Some(out),
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run unshare: {e}");
-            None
-        }
-    }
-}
-
-/// `vmpilot` on `node` with `args`, the clock stepped by `step_secs` (see above).
-fn vmpilot_clock_stepped(node: &Node, step_secs: i64, args: &[&str]) -> std::process::Output {
-    let config = node.config.display().to_string();
-    let mut full = vec!["--config", &config];
-    full.extend_from_slice(args);
-    with_clock_stepped(node, step_secs, common::bin(), &full).unwrap()
-}
-
 /// Issue #12, item 1: after the wall clock is stepped (seen as a moved `btime`), a live
 /// pilot is still alive to `status`, `recover` and `kill-all`. Fails on vmpilot 0.1, whose
 /// identity was a start time in seconds since the epoch derived from `btime`: `status`
@@ -741,7 +682,8 @@ fn a_clock_step_after_boot_does_not_make_a_live_pilot_look_dead() {
                 .map(|t| t.trim().parse::<i64>().unwrap())
         })
         .unwrap();
-    let Some(seen) = with_clock_stepped(&node, 3600, "grep", &["^btime ", "/proc/stat"]) else {
+    let Some(seen) = common::with_clock_stepped(&node, 3600, "grep", &["^btime ", "/proc/stat"])
+    else {
         pilot.signal(Signal::SIGKILL);
         pilot.finish();
         return;
@@ -754,7 +696,7 @@ fn a_clock_step_after_boot_does_not_make_a_live_pilot_look_dead() {
         stderr(&seen)
     );
     for step in [1, 3600, -7200] {
-        let status = vmpilot_clock_stepped(&node, step, &["status", "--json"]);
+        let status = common::vmpilot_clock_stepped(&node, step, &["status", "--json"]);
         assert!(status.status.success(), "{}", stderr(&status));
         let v: Value = serde_json::from_slice(&status.stdout).unwrap();
         let lease = v["leases"]
@@ -764,7 +706,7 @@ fn a_clock_step_after_boot_does_not_make_a_live_pilot_look_dead() {
             .find(|l| l["lease_id"] == "stepped")
             .unwrap_or_else(|| panic!("no lease in {v}"));
         assert_eq!(lease["pilot_alive"], true, "step {step}s: {lease}");
-        let recover = vmpilot_clock_stepped(&node, step, &["recover"]);
+        let recover = common::vmpilot_clock_stepped(&node, step, &["recover"]);
         assert!(recover.status.success(), "{}", stderr(&recover));
         let r = node.record("stepped").unwrap();
         assert_eq!(
@@ -773,7 +715,8 @@ fn a_clock_step_after_boot_does_not_make_a_live_pilot_look_dead() {
         );
         assert_eq!(node.reservations(), ["stepped"]);
     }
-    let kill = vmpilot_clock_stepped(&node, 3600, &["kill-all", "--yes", "--level", "fast"]);
+    let kill =
+        common::vmpilot_clock_stepped(&node, 3600, &["kill-all", "--yes", "--level", "fast"]);
     assert!(
         kill.status.success(),
         "{}\n{}",

@@ -1241,7 +1241,8 @@ fn a_release_repeated_after_a_crash_keeps_the_other_lease_s_hugepages() {
     if !enabled("a_release_repeated_after_a_crash_keeps_the_other_lease_s_hugepages") {
         return;
     }
-    let lv = LvNode::new("overlap", "destroy", "3s", false);
+    // Generous times: the guest listing at lease end must not time out on a loaded test bed.
+    let lv = LvNode::new("overlap", "destroy", "8s", false);
     let (first, second) = (lease_id("ovl-a"), lease_id("ovl-b"));
     let crashing = lv
         .node
@@ -1252,9 +1253,9 @@ fn a_release_repeated_after_a_crash_keeps_the_other_lease_s_hugepages() {
             "--cpus",
             "1",
             "--walltime",
-            "4s",
+            "12s",
             "--grace",
-            "1s",
+            "6s",
             "--lease-id",
             &first,
         ])

@@ -232,8 +232,9 @@ pub struct Launch {
     pub template: String,
     /// The domain made from it.
     pub domain: String,
-    /// `started`, `failed`, or after the lease `retired` (undefined) / `kept` (still has a
-    /// managed-save image or is running).
+    /// `started`, `failed`, `not-started` (the lease ended before its turn), or after the
+    /// lease `retired` (undefined; destroyed first if it still ran) / `kept` (still has a
+    /// managed-save image, or could not be stopped).
     pub status: String,
     /// The error, or what was kept and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,11 +247,14 @@ fn connect(uri: &str) -> Result<Conn, String> {
 
 /// Define and start every template for a lease (blocking). A template that would take the
 /// lease's guests past `memory_mib` is not started: the pilot would report it over budget.
+/// `still_reserved` is asked right before each domain is started: a lease that ended
+/// meanwhile gets no more guests (its pilot has already listed and stopped its guests).
 pub fn launch(
     uri: &str,
     templates: &[Template],
     owner: &GuestOwner,
     memory_mib: u64,
+    still_reserved: &dyn Fn() -> bool,
 ) -> Vec<Launch> {
     let names: Vec<String> = templates
         .iter()
@@ -275,10 +279,22 @@ pub fn launch(
     let mut left_kib = memory_mib.saturating_mul(1024);
     let mut out = Vec::with_capacity(templates.len());
     for (template, name) in templates.iter().zip(names) {
-        let outcome = launch_one(&conn.0, template, &name, owner, memory_mib, &mut left_kib);
+        let outcome = launch_one(
+            &conn.0,
+            template,
+            &name,
+            owner,
+            memory_mib,
+            &mut left_kib,
+            still_reserved,
+        );
         let (status, detail) = match outcome {
             Ok(()) => ("started", None),
-            Err(e) => ("failed", Some(e)),
+            Err(LaunchError::LeaseOver) => (
+                "not-started",
+                Some("the lease was no longer reserved when its turn came".to_string()),
+            ),
+            Err(LaunchError::Failed(e)) => ("failed", Some(e)),
         };
         match &detail {
             None => tracing::info!(domain = %name, lease = %owner.lease_id, "started guest"),
@@ -296,6 +312,20 @@ pub fn launch(
     out
 }
 
+/// Why one template was not started.
+enum LaunchError {
+    /// The lease is no longer `reserved`.
+    LeaseOver,
+    /// Anything else, said in full.
+    Failed(String),
+}
+
+impl From<String> for LaunchError {
+    fn from(e: String) -> Self {
+        LaunchError::Failed(e)
+    }
+}
+
 fn launch_one(
     conn: &Connect,
     template: &Template,
@@ -303,7 +333,8 @@ fn launch_one(
     owner: &GuestOwner,
     memory_mib: u64,
     left_kib: &mut u64,
-) -> Result<(), String> {
+    still_reserved: &dyn Fn() -> bool,
+) -> Result<(), LaunchError> {
     let xml = render(&template.xml, name, owner)
         .map_err(|e| format!("template {}: {e}", template.path.display()))?;
     let dom = Domain::define_xml(conn, &xml).map_err(|e| format!("define: {}", e.message()))?;
@@ -312,15 +343,19 @@ fn launch_one(
         .map_err(|e| format!("read its memory: {}", e.message()))?;
     if need_kib > *left_kib {
         let _ = dom.undefine();
-        return Err(format!(
+        return Err(LaunchError::Failed(format!(
             "needs {} MiB but the lease has {} of its {memory_mib} MiB left",
             need_kib / 1024,
             *left_kib / 1024
-        ));
+        )));
+    }
+    if !still_reserved() {
+        let _ = dom.undefine();
+        return Err(LaunchError::LeaseOver);
     }
     if let Err(e) = dom.create() {
         let _ = dom.undefine();
-        return Err(format!("start: {}", e.message()));
+        return Err(LaunchError::Failed(format!("start: {}", e.message())));
     }
     *left_kib -= need_kib;
     Ok(())
@@ -368,7 +403,33 @@ fn retire_one(conn: &Connect, name: &str) -> (&'static str, Option<String>) {
             Ok(()) => ("retired", None),
             Err(e) => ("kept", Some(format!("undefine: {}", e.message()))),
         },
-        (Ok(true), _) => ("kept", Some("still running".into())),
+        // The lease is over and its pilot did not stop it (it started after the pilot's last
+        // look, or the pilot died): a guest of an ended lease must not run.
+        (Ok(true), _) => match dom.destroy() {
+            Ok(()) => match dom.has_managed_save(0) {
+                Ok(false) => match dom.undefine() {
+                    Ok(()) => (
+                        "retired",
+                        Some("was still running after the lease ended: destroyed".into()),
+                    ),
+                    Err(e) => (
+                        "kept",
+                        Some(format!("destroyed, but undefine: {}", e.message())),
+                    ),
+                },
+                _ => (
+                    "kept",
+                    Some("was still running: destroyed; has a managed-save image".into()),
+                ),
+            },
+            Err(e) => (
+                "kept",
+                Some(format!(
+                    "still running after the lease ended, and destroy failed: {}",
+                    e.message()
+                )),
+            ),
+        },
         (_, Ok(true)) => ("kept", Some("has a managed-save image".into())),
         (Err(e), _) | (_, Err(e)) => ("kept", Some(e.message().to_string())),
     }
@@ -403,23 +464,46 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
             };
             let memory_mib = *memory_mib;
             state.tasks.push(tokio::spawn(async move {
+                // Never for a `reserved` that arrives after the lease's end (a late
+                // delivery): the state in the database is what counts, not the event.
+                if !is_reserved(&db, &lease, epoch).await {
+                    tracing::info!(%lease, epoch, %node, "no guests started: the lease is no longer reserved");
+                    return;
+                }
                 let owner = GuestOwner {
                     lease_id: lease.clone(),
                     epoch,
                 };
                 let launched = {
-                    let uri = uri.clone();
+                    let (uri, db, lease) = (uri.clone(), db.clone(), lease.clone());
+                    let runtime = tokio::runtime::Handle::current();
                     tokio::task::spawn_blocking(move || {
-                        launch(&uri, &config.templates, &owner, memory_mib)
+                        let still_reserved =
+                            || runtime.block_on(is_reserved(&db, &lease, epoch));
+                        launch(&uri, &config.templates, &owner, memory_mib, &still_reserved)
                     })
                     .await
                     .unwrap_or_default()
                 };
                 if let Err(e) = db
-                    .record_launches(lease.to_string(), epoch, node, uri, launched)
+                    .record_launches(
+                        lease.to_string(),
+                        epoch,
+                        node.clone(),
+                        uri.clone(),
+                        launched.clone(),
+                    )
                     .await
                 {
                     tracing::error!(%lease, epoch, "cannot store guest launches: {e}");
+                }
+                // The lease may have ended between a guest's start and the record above,
+                // when the end's retirement found nothing recorded yet: retire here too
+                // (retiring twice is harmless).
+                if launched.iter().any(|l| l.status == "started")
+                    && !is_reserved(&db, &lease, epoch).await
+                {
+                    retire_and_record(&db, lease, epoch, node, uri, launched).await;
                 }
             }));
         }
@@ -438,21 +522,45 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
                 if !launched.iter().any(|l| l.status == "started") {
                     return;
                 }
-                let retired = {
-                    let uri = uri.clone();
-                    tokio::task::spawn_blocking(move || retire(&uri, &launched))
-                        .await
-                        .unwrap_or_default()
-                };
-                if let Err(e) = db
-                    .record_launches(lease.to_string(), epoch, node, uri, retired)
-                    .await
-                {
-                    tracing::error!(%lease, epoch, "cannot store retired guests: {e}");
-                }
+                retire_and_record(&db, lease, epoch, node, uri, launched).await;
             }));
         }
         _ => {}
+    }
+}
+
+/// Is the lease epoch `reserved` in the database right now? An unreadable state counts as
+/// not reserved: a guest is started only for a lease known to be reserved.
+async fn is_reserved(db: &super::db::Db, lease: &LeaseId, epoch: u64) -> bool {
+    match db.lease_state(lease.to_string(), epoch).await {
+        Ok(state) => state.as_deref() == Some("reserved"),
+        Err(e) => {
+            tracing::error!(%lease, epoch, "cannot read the lease's state: {e}");
+            false
+        }
+    }
+}
+
+/// Retire what was launched for an ended lease and store the outcome.
+async fn retire_and_record(
+    db: &super::db::Db,
+    lease: LeaseId,
+    epoch: u64,
+    node: String,
+    uri: String,
+    launched: Vec<Launch>,
+) {
+    let retired = {
+        let uri = uri.clone();
+        tokio::task::spawn_blocking(move || retire(&uri, &launched))
+            .await
+            .unwrap_or_default()
+    };
+    if let Err(e) = db
+        .record_launches(lease.to_string(), epoch, node, uri, retired)
+        .await
+    {
+        tracing::error!(%lease, epoch, "cannot store retired guests: {e}");
     }
 }
 

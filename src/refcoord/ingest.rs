@@ -681,6 +681,17 @@ impl super::db::Db {
         self.read(move |conn| launches(conn, &lease, epoch)).await
     }
 
+    /// The stored state of a lease epoch (`None`: no such lease).
+    pub async fn lease_state(&self, lease: String, epoch: u64) -> Result<Option<String>, DbError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT state FROM leases WHERE lease_id = ?1 AND epoch = ?2")?
+                .query_row(params![lease, epoch as i64], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     /// Store and apply one event; resolves after it is durably committed.
     pub async fn ingest(&self, event: IncomingEvent, body: String) -> Result<EventReply, DbError> {
         self.write(move |conn| apply_event(conn, &event, &body, OffsetDateTime::now_utc()))

@@ -331,3 +331,62 @@ pub fn libvirt_lock(exclusive: bool) -> std::fs::File {
     }
     f
 }
+
+/// `program` with `args`, run in a private mount namespace where `/proc/stat` is a copy
+/// whose `btime` is `step_secs` later: what every process sees after CLOCK_REALTIME is
+/// stepped forward (the kernel keeps the boot instant on the monotonic clock and derives
+/// `btime` from the wall clock). libfaketime cannot move `btime`; this can. `None` when
+/// this machine cannot do it (not root, no `unshare`), saying why.
+pub fn with_clock_stepped(
+    node: &Node,
+    step_secs: i64,
+    program: &str,
+    args: &[&str],
+) -> Option<std::process::Output> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: stepping btime needs root (a private mount namespace)");
+        return None;
+    }
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let shifted: String = stat
+        .lines()
+        .map(|l| match l.strip_prefix("btime ") {
+            Some(t) => format!("btime {}\n", t.trim().parse::<i64>().unwrap() + step_secs),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let copy = node.dir.path().join("proc-stat-stepped");
+    std::fs::write(&copy, shifted).unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /proc/stat && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&copy)
+        .arg(program)
+        .args(args)
+        .env_remove("SLURM_JOB_ID")
+        .env_remove("PBS_JOBID")
+        .output();
+    match out {
+        Ok(out) if !out.status.success() && stderr(&out).contains("mount") => {
+            eprintln!(
+                "SKIPPED: cannot bind-mount over /proc/stat: {}",
+                stderr(&out)
+            );
+            None
+        }
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("SKIPPED: cannot run unshare: {e}");
+            None
+        }
+    }
+}
+
+/// `vmpilot` on `node` with `args`, the clock stepped by `step_secs` (see above).
+pub fn vmpilot_clock_stepped(node: &Node, step_secs: i64, args: &[&str]) -> std::process::Output {
+    let config = node.config.display().to_string();
+    let mut full = vec!["--config", &config];
+    full.extend_from_slice(args);
+    with_clock_stepped(node, step_secs, bin(), &full).unwrap()
+}
