@@ -279,7 +279,7 @@ impl Pilot {
             self.record.last_error = Some(e.to_string());
             self.apply(&Event::HostError)?;
             self.emit_end()?;
-            return Err(e.into());
+            return Err(e);
         }
         self.apply(&Event::Start)?;
         crashpoint::hit(Point::ReservingSaved);
@@ -352,13 +352,12 @@ impl Pilot {
             .store
             .list()?
             .into_iter()
-            .map(|r| match r {
+            .filter_map(|r| match r {
                 Ok(r) if r.lease_id == self.record.lease_id || !r.state.holds_host() => None,
                 Ok(r) => Some(format!("{} ({})", r.lease_id, r.state)),
                 // An unreadable record may hold the host: fail closed.
                 Err(e) => Some(format!("an unreadable record ({e})")),
             })
-            .flatten()
             .collect();
         if others.is_empty() {
             return Ok(());
