@@ -1297,3 +1297,50 @@ fn a_release_repeated_after_a_crash_keeps_the_other_lease_s_hugepages() {
     assert_eq!(other.finish().0, 5);
     assert_restored(&lv, &lv.node.record(&second).unwrap());
 }
+
+/// Issue #12, item 4, on real libvirt: a guest of the lease started while the pilot waits
+/// for another to shut down (after it listed the lease's guests: the stubborn guest has
+/// already ignored the ACPI request) is stopped too, and the lease ends `unreserved` with
+/// both shut off. vmpilot 0.1 stopped only what it had listed.
+#[test]
+fn a_guest_started_while_the_lease_ends_is_stopped_on_real_libvirt() {
+    if !enabled("a_guest_started_while_the_lease_ends_is_stopped_on_real_libvirt") {
+        return;
+    }
+    let lease = lease_id("lvlate");
+    let mut lv = LvNode::new("late", "shutdown", "8s", false);
+    let pilot = lv.pilot(&lease);
+    let epoch = lv.node.wait_state(lease.as_str(), "reserved")["epoch"]
+        .as_u64()
+        .unwrap();
+    let stubborn = lv.start_guest("stubborn", Some((lease.as_str(), epoch)), true);
+    lv.wait_ready(&stubborn);
+    pilot.signal(Signal::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(lv.console(&stubborn))
+        .unwrap_or_default()
+        .contains("VMPILOT-GUEST-ACPI ignored")
+    {
+        assert!(
+            Instant::now() < until,
+            "the pilot never asked {stubborn} to shut down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late = lv.start_guest("late", Some((lease.as_str(), epoch)), false);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+    let r = lv.node.record(&lease).unwrap();
+    for name in [&stubborn, &late] {
+        assert!(
+            domstate(name).starts_with("shut off"),
+            "{name}: {}",
+            domstate(name)
+        );
+        assert!(
+            fates(&r).iter().any(|(n, _)| n == name),
+            "{name} has no fate: {r}"
+        );
+    }
+    assert_restored(&lv, &r);
+}
