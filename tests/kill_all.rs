@@ -287,3 +287,61 @@ fn a_kill_request_left_by_a_dead_kill_all_fences_nothing() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// This process's start in clock ticks since boot (`/proc/self/stat` field 22), as a
+/// kill request names its issuer.
+fn own_start_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Fields from 3 (state) on; field 22 is the 20th of them.
+    after_comm.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+/// Issue #12, item 3: the fence is checked again once the pilot holds the node lock. A
+/// pilot that passed the first check while waiting for the node lock, and finds a kill-all
+/// in force when it gets the lock, refuses (exit 7) without touching the host. (The kill
+/// request here names this test process as its issuer, so it is in force while the test
+/// runs.)
+#[test]
+fn a_kill_all_that_begins_while_a_pilot_waits_for_the_node_lock_still_fences_it() {
+    use std::time::{Duration, Instant};
+    let node = Node::new("");
+    std::fs::create_dir_all(node.state_dir()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(node.state_dir().join("node.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let pilot = node.spawn_lease("waits", "5m", None);
+    // The record exists: the first fence check has passed; the pilot waits for the lock.
+    let until = Instant::now() + Duration::from_secs(10);
+    while node.record("waits").is_none() {
+        assert!(Instant::now() < until, "the pilot never wrote its record");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    std::fs::write(
+        node.state_dir().join("kill-request.json"),
+        format!(
+            r#"{{"by":"root","why":"late brake","level":"fast","at":"2026-01-01T00:00:00Z","issuer":{{"pid":{},"start_time":0,"start_ticks":{},"boot_id":"{}"}}}}"#,
+            std::process::id(),
+            own_start_ticks(),
+            boot_id.trim()
+        ),
+    )
+    .unwrap();
+    drop(lock);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("late brake"), "{err}");
+    let r = node.record("waits").unwrap();
+    assert_eq!(r["state"], "unreserved", "{r}");
+    assert_eq!(r["end_reason"], "admin", "{r}");
+    assert!(
+        !common::history(&r).iter().any(|s| s == "reserving"),
+        "the host was touched: {r}"
+    );
+    assert!(node.reservations().is_empty());
+}
