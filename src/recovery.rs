@@ -348,8 +348,7 @@ fn same_job(recorded: Option<&str>, asked: &str) -> bool {
 
 fn skip_reason(record: &LeaseRecord, scope: &Scope, trigger: &Trigger) -> Option<Outcome> {
     let _ = trigger;
-    let ended = record.state == LeaseState::Unreserved;
-    let note = if ended && record.end_report.is_done() {
+    let note = if record.is_finished() {
         "already finished"
     } else if !scope.boot && record.pilot.is_alive() {
         // A live pilot finishes its own lease, and its own report: a second one from here

@@ -86,6 +86,20 @@ fn wait_lease(
     }
 }
 
+/// An event of `lease` (`epoch`, `seq`) from node `e2e-node`, as a pilot would post it,
+/// with `fields` for its type.
+fn node_event(lease: &str, epoch: u64, kind: &str, seq: u64, fields: Value) -> Value {
+    let mut e = json!({
+        "protocol": 1, "event_id": uuid::Uuid::new_v4().to_string(), "type": kind,
+        "lease_id": lease, "epoch": epoch, "seq": seq, "node": "e2e-node", "job_id": null,
+        "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}
+
 fn launched<'a>(lease: &'a Value, template: &str) -> &'a Value {
     lease["launched"]
         .as_array()
@@ -119,17 +133,7 @@ fn reserved_starts_the_templates_with_lease_metadata_and_the_end_retires_them() 
     let lease = format!("e2e-g-{}", std::process::id());
     let _domains = Domains(vec![format!("tiny-{lease}-"), format!("big-{lease}-")]);
     let http = Http::new();
-    let event = |kind: &str, seq: u64, fields: Value| {
-        let mut e = json!({
-            "protocol": 1, "event_id": uuid::Uuid::new_v4().to_string(), "type": kind,
-            "lease_id": lease, "epoch": 2, "seq": seq, "node": "e2e-node", "job_id": null,
-            "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
-        });
-        for (k, v) in fields.as_object().unwrap() {
-            e[k] = v.clone();
-        }
-        e
-    };
+    let event = |kind: &str, seq: u64, fields: Value| node_event(&lease, 2, kind, seq, fields);
     let deadline = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
@@ -220,17 +224,8 @@ fn the_end_of_a_lease_stops_its_running_guests_and_a_late_reserved_starts_none()
     let late = format!("e2e-late-{}", std::process::id());
     let _domains = Domains(vec![format!("tiny-{lease}-"), format!("tiny-{late}-")]);
     let http = Http::new();
-    let event = |lease: &str, kind: &str, seq: u64, fields: Value| {
-        let mut e = json!({
-            "protocol": 1, "event_id": uuid::Uuid::new_v4().to_string(), "type": kind,
-            "lease_id": lease, "epoch": 1, "seq": seq, "node": "e2e-node", "job_id": null,
-            "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
-        });
-        for (k, v) in fields.as_object().unwrap() {
-            e[k] = v.clone();
-        }
-        e
-    };
+    let event =
+        |lease: &str, kind: &str, seq: u64, fields: Value| node_event(lease, 1, kind, seq, fields);
     let deadline = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();

@@ -241,17 +241,7 @@ fn a_pilot_started_while_kill_all_runs_refuses_and_the_fence_lifts_when_it_ends(
     assert!(!request.exists(), "the fence outlived its kill-all");
     assert!(coordinator.types_for("fence-b").is_empty());
     // Lifted: the pool may submit again.
-    let again = node.run(&[
-        "run",
-        "--memory",
-        "1G",
-        "--walltime",
-        "2s",
-        "--grace",
-        "1s",
-        "--lease-id",
-        "fence-c",
-    ]);
+    let again = node.run_short_lease("fence-c");
     assert!(again.status.success(), "{}", stderr(&again));
 }
 
@@ -274,17 +264,7 @@ fn a_kill_request_left_by_a_dead_kill_all_fences_nothing() {
         ),
     )
     .unwrap();
-    let out = node.run(&[
-        "run",
-        "--memory",
-        "1G",
-        "--walltime",
-        "2s",
-        "--grace",
-        "1s",
-        "--lease-id",
-        "after-crash",
-    ]);
+    let out = node.run_short_lease("after-crash");
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -306,14 +286,7 @@ fn own_start_ticks() -> u64 {
 fn a_kill_all_that_begins_while_a_pilot_waits_for_the_node_lock_still_fences_it() {
     use std::time::{Duration, Instant};
     let node = Node::new("");
-    std::fs::create_dir_all(node.state_dir()).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(node.state_dir().join("node.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = node.hold_node_lock();
     let pilot = node.spawn_lease("waits", "5m", None);
     // The record exists: the first fence check has passed; the pilot waits for the lock.
     let until = Instant::now() + Duration::from_secs(10);

@@ -510,17 +510,7 @@ fn an_exclusive_host_refuses_a_second_lease_and_it_changes_nothing() {
     assert_eq!(first.finish().0, 5);
     assert!(node.reservations().is_empty());
     // Once the first is over, the node takes a lease again.
-    let out = node.run(&[
-        "run",
-        "--memory",
-        "1G",
-        "--walltime",
-        "2s",
-        "--grace",
-        "1s",
-        "--lease-id",
-        "third",
-    ]);
+    let out = node.run_short_lease("third");
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -537,14 +527,7 @@ fn sigterm_while_waiting_for_the_node_lock_ends_the_pilot_before_the_host_is_tou
         text.replace("lock_timeout = \"2s\"", "lock_timeout = \"30s\""),
     )
     .unwrap();
-    std::fs::create_dir_all(node.state_dir()).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(node.state_dir().join("node.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = node.hold_node_lock();
     let pilot = node.spawn_lease("waiting", "5m", None);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while node.record("waiting").is_none() && std::time::Instant::now() < until {
@@ -587,23 +570,7 @@ fn a_guest_started_while_the_lease_ends_is_stopped_too() {
     node.wait_state("late", "reserved");
     node.add_guest("slow", Some("late"), &["--shutdown-delay", "1500ms"]);
     pilot.signal(Signal::SIGTERM);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let host = node.host();
-        let asked = host["guests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|g| g["name"] == "slow" && !g["shutdown_requested_ms"].is_null());
-        if asked {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the pilot never stopped `slow`: {host}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    node.wait_shutdown_requested("slow");
     node.add_guest("late-starter", Some("late"), &[]);
     let (code, err) = pilot.finish();
     assert_eq!(code, 5, "{err}");
@@ -644,16 +611,7 @@ fn a_late_guest_that_cannot_be_stopped_fails_the_lease() {
     node.wait_state("late2", "reserved");
     node.add_guest("slow", Some("late2"), &["--shutdown-delay", "1s"]);
     pilot.signal(Signal::SIGTERM);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !node.host()["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|g| g["name"] == "slow" && !g["shutdown_requested_ms"].is_null())
-    {
-        assert!(std::time::Instant::now() < until);
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    node.wait_shutdown_requested("slow");
     node.add_guest("stuck", Some("late2"), &["--ignore-shutdown"]);
     node.fault("destroy", "error", 100, "0s");
     let (code, err) = pilot.finish();

@@ -74,7 +74,7 @@ async fn fenced_kill(
     level: KillLevel,
 ) -> anyhow::Result<ExitStatus> {
     let open = store.list()?.into_iter().any(|r| match r {
-        Ok(r) => !(r.state == LeaseState::Unreserved && r.end_report.is_done()),
+        Ok(r) => !r.is_finished(),
         Err(_) => true,
     });
     if !open {
@@ -99,7 +99,7 @@ async fn fenced_kill(
             .list()?
             .into_iter()
             .flatten()
-            .filter(|r| !(r.state == LeaseState::Unreserved && r.end_report.is_done()))
+            .filter(|r| !r.is_finished())
             .filter(|r| r.pilot.is_alive())
             .map(|r| (r.lease_id, r.state, r.pilot))
             .collect();

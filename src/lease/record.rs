@@ -176,6 +176,12 @@ impl EndReport {
 }
 
 impl LeaseRecord {
+    /// Nothing is left to do for this lease: restored, and its end reported. What
+    /// `recover` and `kill-all` skip.
+    pub fn is_finished(&self) -> bool {
+        self.state == LeaseState::Unreserved && self.end_report.is_done()
+    }
+
     /// Apply `event` through [`transition`], stamping the history. The first event that
     /// ends the lease sets `end_reason`; later ones (a second SIGTERM) do not overwrite it.
     /// Entering `unreserved` or `failed` makes the end report [`EndReport::Due`], so the

@@ -222,6 +222,57 @@ impl Node {
         );
     }
 
+    /// Take this node's `node.lock` as a pilot would, and hold it until the file is
+    /// dropped: what another process changing the host looks like to a pilot.
+    pub fn hold_node_lock(&self) -> std::fs::File {
+        std::fs::create_dir_all(self.state_dir()).unwrap();
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.state_dir().join("node.lock"))
+            .unwrap();
+        lock.lock().unwrap();
+        lock
+    }
+
+    /// Wait (bounded) until a pilot has asked the simulated guest `name` to shut down,
+    /// which it does only after listing the lease's guests.
+    pub fn wait_shutdown_requested(&self, name: &str) {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let host = self.host();
+            let asked = host["guests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["name"] == name && !g["shutdown_requested_ms"].is_null());
+            if asked {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "no pilot asked `{name}` to shut down: {host}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Run a whole short lease (1 GiB, 2 s walltime, 1 s grace) to its end.
+    pub fn run_short_lease(&self, lease: &str) -> Output {
+        self.run(&[
+            "run",
+            "--memory",
+            "1G",
+            "--walltime",
+            "2s",
+            "--grace",
+            "1s",
+            "--lease-id",
+            lease,
+        ])
+    }
+
     /// Files waiting in the spool.
     pub fn spooled(&self) -> usize {
         std::fs::read_dir(self.state_dir().join("spool"))
