@@ -19,6 +19,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::coordinator::{Mode, TestCoordinator};
@@ -107,266 +108,312 @@ fn run_ok(node: &Node, what: &str, out: &std::process::Output, ctx: &str) {
     let _ = node;
 }
 
+/// Iterations run on this many independent simulated nodes at once: each iteration is
+/// mostly waiting on processes, so a 2-core machine runs several side by side.
+const WORKERS: usize = 3;
+
 #[test]
 fn random_interleavings_of_pilots_signals_recover_and_kill_all_keep_the_hand_back_promise() {
     let seed = std::env::var("VMPILOT_INTERLEAVE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEED);
-    eprintln!("interleaving seed {seed} (VMPILOT_INTERLEAVE_SEED={seed} repeats this run)");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let only: Option<usize> = std::env::var("VMPILOT_INTERLEAVE_ITERATION")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    eprintln!(
+        "interleaving seed {seed} (VMPILOT_INTERLEAVE_SEED={seed} repeats this run; \
+         VMPILOT_INTERLEAVE_ITERATION=K repeats only iteration K)"
+    );
     let root = nix::unistd::geteuid().is_root();
     let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
     let started_at = Instant::now();
-    let mut done = 0;
-    for it in 0..ITERATIONS {
-        if started_at.elapsed() > TIME_BOUND {
-            break;
-        }
-        let ctx = format!("seed {seed}, iteration {it}");
-        let node = Node::with_coordinator(&coordinator.url, SECRET, "timeout = \"1s\"\n");
-        let text = std::fs::read_to_string(&node.config)
-            .unwrap()
-            .replace("max_guests = 2", "max_guests = 4");
-        std::fs::write(&node.config, text).unwrap();
-        let leases: Vec<String> = (0..rng.random_range(1..=3))
-            .map(|i| format!("i{it}-{i}"))
-            .collect();
-        let mut pilots: Vec<Started> = leases
-            .iter()
-            .map(|l| Started {
-                lease: l.clone(),
-                pilot: spawn(&node, l),
-            })
-            .collect();
-        let mut late: Vec<LateGuest> = Vec::new();
-        let mut actions = Vec::new();
-        for _ in 0..rng.random_range(2..=6) {
-            std::thread::sleep(Duration::from_millis(rng.random_range(0..80)));
-            let action = rng.random_range(0..9);
-            let target = rng.random_range(0..pilots.len());
-            let p = &pilots[target];
-            // Lease actions name one of the iteration's leases (not a kill-all process).
-            let lease = leases[rng.random_range(0..leases.len())].clone();
-            match action {
-                0 => {
-                    actions.push(format!("SIGTERM {}", p.lease));
-                    let _ = nix::sys::signal::kill(p.pilot.pid(), Signal::SIGTERM);
-                }
-                1 => {
-                    actions.push(format!("SIGUSR1 {}", p.lease));
-                    let _ = nix::sys::signal::kill(p.pilot.pid(), Signal::SIGUSR1);
-                }
-                2 => {
-                    actions.push(format!("SIGKILL {}", p.lease));
-                    let _ = nix::sys::signal::kill(p.pilot.pid(), Signal::SIGKILL);
-                }
-                3 | 4 => {
-                    let step = if root && rng.random_bool(0.5) {
-                        rng.random_range(-7200..7200)
-                    } else {
-                        0
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..WORKERS {
+            scope.spawn(|| {
+                loop {
+                    let it = match only {
+                        Some(k) if next.fetch_add(1, Ordering::SeqCst) == 0 => k,
+                        Some(_) => break,
+                        None => next.fetch_add(1, Ordering::SeqCst),
                     };
-                    let (what, args): (&str, &[&str]) = if action == 3 {
-                        ("recover", &["recover"])
-                    } else {
-                        ("kill-all", &["kill-all", "--yes", "--level", "fast"])
-                    };
-                    actions.push(format!("{what} (clock {step:+}s)"));
-                    let out = if step == 0 {
-                        node.run(args)
-                    } else {
-                        common::vmpilot_clock_stepped(&node, step, args)
-                    };
-                    run_ok(&node, what, &out, &ctx);
+                    if it >= ITERATIONS.max(only.map_or(0, |k| k + 1))
+                        || started_at.elapsed() > TIME_BOUND
+                        || failed.load(Ordering::SeqCst)
+                    {
+                        break;
+                    }
+                    // Stop the other workers once one iteration fails (its panic is
+                    // re-raised when the scope ends).
+                    let guard = FailFlag(&failed);
+                    iteration(seed, it, &coordinator, root);
+                    std::mem::forget(guard);
+                    done.fetch_add(1, Ordering::SeqCst);
                 }
-                5 => {
-                    actions.push(format!("second pilot for {lease}"));
-                    pilots.push(Started {
-                        pilot: spawn(&node, &lease),
-                        lease,
-                    });
-                }
-                6 | 7 => {
-                    let name = format!("late-{}", late.len());
-                    actions.push(format!("guest {name} for {lease}"));
-                    // Owned by the lease's current epoch, as a coordinator would start it:
-                    // only for a lease past `begin` (a coordinator starts guests after
-                    // `reserved`; one that was never reserved has none to stop).
-                    let Some(epoch) = node
-                        .record(&lease)
-                        .filter(|r| r["state"] != "begin")
-                        .and_then(|r| r["epoch"].as_u64())
-                        .map(|e| e.to_string())
-                    else {
-                        continue;
-                    };
-                    let out = node.run(&[
-                        "simulated",
-                        "add-guest",
-                        "--name",
-                        &name,
-                        "--lease",
-                        &lease,
-                        "--epoch",
-                        &epoch,
-                    ]);
-                    assert!(out.status.success(), "{ctx}: {}", stderr(&out));
-                    late.push(LateGuest {
-                        epoch: epoch.parse().unwrap(),
-                        name,
-                        lease,
-                        added: OffsetDateTime::now_utc(),
-                    });
-                }
-                _ => {
-                    actions.push("kill-all in the background".into());
-                    let child = node
-                        .cmd(&["kill-all", "--yes", "--level", "fast"])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    pilots.push(Started {
-                        lease: "(kill-all)".into(),
-                        pilot: Pilot { child },
-                    });
-                }
-            }
+            });
         }
-        let ctx = format!("{ctx}, actions {actions:?}");
-        // Settle: stop every pilot, wait for every process, finish what SIGKILL left. A
-        // pilot spawned just before a kill-all may check the fence after that kill-all
-        // ended, and then starts: kill-all again until every process is gone (bounded).
-        let mut rounds = 0;
-        loop {
-            let out = node.run(&["kill-all", "--yes", "--level", "fast"]);
-            run_ok(&node, "kill-all", &out, &ctx);
-            std::thread::sleep(Duration::from_millis(50));
-            let mut running = 0;
-            for s in pilots.iter_mut() {
-                if s.pilot.child.try_wait().unwrap().is_none() {
-                    running += 1;
-                }
-            }
-            rounds += 1;
-            if running == 0 {
-                break;
-            }
-            assert!(
-                rounds < 50,
-                "{ctx}: {running} process(es) outlive 50 kill-alls"
-            );
-        }
-        for s in pilots {
-            let (code, err) = s.pilot.finish();
-            if s.lease == "(kill-all)" {
-                assert!(
-                    KILL_ALL_EXITS.contains(&code),
-                    "{ctx}: background kill-all exited {code}: {err}"
-                );
-            } else {
-                assert!(
-                    PILOT_EXITS.contains(&code),
-                    "{ctx}: pilot of {} exited {code}:\n{err}",
-                    s.lease
-                );
-            }
-        }
-        let out = node.run(&["recover"]);
-        assert!(
-            out.status.success(),
-            "{ctx}: final recover\n{}\n{}",
-            stdout(&out),
-            stderr(&out)
-        );
-
-        // Record, host and ledger agree: nothing held, every lease over.
-        assert!(
-            node.reservations().is_empty(),
-            "{ctx}: host {}",
-            node.host()
-        );
-        let records = records(&node);
-        for r in &records {
-            assert_eq!(r["state"], "unreserved", "{ctx}: {r}");
-        }
-        // No guest of a finished lease runs, unless it was started after the lease began
-        // to end (then stopping it is the coordinator's part). Judged for guests of the
-        // epoch the record now holds (the record of an earlier epoch is gone).
-        let host = node.host();
-        for g in &late {
-            let state = node.guest_state(&g.name);
-            let record = records
-                .iter()
-                .find(|r| r["lease_id"] == g.lease.as_str() && r["epoch"] == g.epoch);
-            let ending = record.and_then(ending_started);
-            let before_the_end = ending.is_some_and(|e| g.added < e);
-            if before_the_end {
-                assert_ne!(
-                    state, "running",
-                    "{ctx}: guest {} of {} still runs: {host}",
-                    g.name, g.lease
-                );
-            }
-        }
-        // Every event delivered; each lease epoch's end heard once; no seq used twice.
-        assert_eq!(node.spooled(), 0, "{ctx}: events left in the spool");
-        coordinator.with_log(|log| {
-            let mine: Vec<&Value> = log
-                .applied
-                .iter()
-                .filter(|e| leases.iter().any(|l| e["lease_id"] == l.as_str()))
-                .filter(|e| e["type"] != "heartbeat")
-                .collect();
-            let mut ends: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
-            let mut seqs: BTreeSet<(String, u64, u64)> = BTreeSet::new();
-            for e in &mine {
-                let key = (
-                    e["lease_id"].as_str().unwrap().to_string(),
-                    e["epoch"].as_u64().unwrap(),
-                );
-                let kind = e["type"].as_str().unwrap().to_string();
-                assert!(
-                    seqs.insert((key.0.clone(), key.1, e["seq"].as_u64().unwrap())),
-                    "{ctx}: seq {} of {key:?} used twice: {mine:?}",
-                    e["seq"]
-                );
-                if END_EVENTS.contains(&kind.as_str()) {
-                    ends.entry(key).or_default().push(kind);
-                }
-            }
-            for (key, kinds) in &ends {
-                let killed = kinds.iter().filter(|k| *k == "killed").count();
-                assert!(
-                    kinds.len() - killed <= 1 && killed <= 1,
-                    "{ctx}: the end of {key:?} was reported {kinds:?}"
-                );
-            }
-            // A lease epoch that was reserved had its end reported.
-            for r in &records {
-                let key = (
-                    r["lease_id"].as_str().unwrap().to_string(),
-                    r["epoch"].as_u64().unwrap(),
-                );
-                let reached_reserved = r["history"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|h| h["state"] == "reserved");
-                if reached_reserved {
-                    assert!(
-                        ends.contains_key(&key),
-                        "{ctx}: no end heard for {key:?}: {r}"
-                    );
-                }
-            }
-        });
-        done += 1;
-    }
+    });
+    let done = done.into_inner();
     eprintln!(
-        "interleaving: {done} of {ITERATIONS} iterations in {:?} (seed {seed})",
+        "interleaving: {done} of {ITERATIONS} iterations in {:?} on {WORKERS} nodes (seed {seed})",
         started_at.elapsed()
     );
     assert!(done > 0, "no iteration ran");
+}
+
+/// Sets the flag when dropped during a panic (it is forgotten on success).
+struct FailFlag<'a>(&'a AtomicBool);
+
+impl Drop for FailFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One iteration: its own node, leases and generator, seeded from the run's seed and the
+/// iteration number, so it does the same whichever worker runs it.
+fn iteration(seed: u64, it: usize, coordinator: &TestCoordinator, root: bool) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let ctx = format!("seed {seed}, iteration {it}");
+    let node = Node::with_coordinator(&coordinator.url, SECRET, "timeout = \"1s\"\n");
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("max_guests = 2", "max_guests = 4");
+    std::fs::write(&node.config, text).unwrap();
+    let leases: Vec<String> = (0..rng.random_range(1..=3))
+        .map(|i| format!("i{it}-{i}"))
+        .collect();
+    let mut pilots: Vec<Started> = leases
+        .iter()
+        .map(|l| Started {
+            lease: l.clone(),
+            pilot: spawn(&node, l),
+        })
+        .collect();
+    let mut late: Vec<LateGuest> = Vec::new();
+    let mut actions = Vec::new();
+    for _ in 0..rng.random_range(2..=6) {
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..80)));
+        let action = rng.random_range(0..9);
+        let target = rng.random_range(0..pilots.len());
+        let p = &pilots[target];
+        // Lease actions name one of the iteration's leases (not a kill-all process).
+        let lease = leases[rng.random_range(0..leases.len())].clone();
+        match action {
+            0 => {
+                actions.push(format!("SIGTERM {}", p.lease));
+                let _ = nix::sys::signal::kill(p.pilot.pid(), Signal::SIGTERM);
+            }
+            1 => {
+                actions.push(format!("SIGUSR1 {}", p.lease));
+                let _ = nix::sys::signal::kill(p.pilot.pid(), Signal::SIGUSR1);
+            }
+            2 => {
+                actions.push(format!("SIGKILL {}", p.lease));
+                let _ = nix::sys::signal::kill(p.pilot.pid(), Signal::SIGKILL);
+            }
+            3 | 4 => {
+                let step = if root && rng.random_bool(0.5) {
+                    rng.random_range(-7200..7200)
+                } else {
+                    0
+                };
+                let (what, args): (&str, &[&str]) = if action == 3 {
+                    ("recover", &["recover"])
+                } else {
+                    ("kill-all", &["kill-all", "--yes", "--level", "fast"])
+                };
+                actions.push(format!("{what} (clock {step:+}s)"));
+                let out = if step == 0 {
+                    node.run(args)
+                } else {
+                    common::vmpilot_clock_stepped(&node, step, args)
+                };
+                run_ok(&node, what, &out, &ctx);
+            }
+            5 => {
+                actions.push(format!("second pilot for {lease}"));
+                pilots.push(Started {
+                    pilot: spawn(&node, &lease),
+                    lease,
+                });
+            }
+            6 | 7 => {
+                let name = format!("late-{}", late.len());
+                actions.push(format!("guest {name} for {lease}"));
+                // Owned by the lease's current epoch, as a coordinator would start it:
+                // only for a lease past `begin` (a coordinator starts guests after
+                // `reserved`; one that was never reserved has none to stop).
+                let Some(epoch) = node
+                    .record(&lease)
+                    .filter(|r| r["state"] != "begin")
+                    .and_then(|r| r["epoch"].as_u64())
+                    .map(|e| e.to_string())
+                else {
+                    continue;
+                };
+                let out = node.run(&[
+                    "simulated",
+                    "add-guest",
+                    "--name",
+                    &name,
+                    "--lease",
+                    &lease,
+                    "--epoch",
+                    &epoch,
+                ]);
+                assert!(out.status.success(), "{ctx}: {}", stderr(&out));
+                late.push(LateGuest {
+                    epoch: epoch.parse().unwrap(),
+                    name,
+                    lease,
+                    added: OffsetDateTime::now_utc(),
+                });
+            }
+            _ => {
+                actions.push("kill-all in the background".into());
+                let child = node
+                    .cmd(&["kill-all", "--yes", "--level", "fast"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                pilots.push(Started {
+                    lease: "(kill-all)".into(),
+                    pilot: Pilot { child },
+                });
+            }
+        }
+    }
+    let ctx = format!("{ctx}, actions {actions:?}");
+    // Settle: stop every pilot, wait for every process, finish what SIGKILL left. A
+    // pilot spawned just before a kill-all may check the fence after that kill-all
+    // ended, and then starts: kill-all again until every process is gone (bounded).
+    let mut rounds = 0;
+    loop {
+        let out = node.run(&["kill-all", "--yes", "--level", "fast"]);
+        run_ok(&node, "kill-all", &out, &ctx);
+        std::thread::sleep(Duration::from_millis(50));
+        let mut running = 0;
+        for s in pilots.iter_mut() {
+            if s.pilot.child.try_wait().unwrap().is_none() {
+                running += 1;
+            }
+        }
+        rounds += 1;
+        if running == 0 {
+            break;
+        }
+        assert!(
+            rounds < 50,
+            "{ctx}: {running} process(es) outlive 50 kill-alls"
+        );
+    }
+    for s in pilots {
+        let (code, err) = s.pilot.finish();
+        if s.lease == "(kill-all)" {
+            assert!(
+                KILL_ALL_EXITS.contains(&code),
+                "{ctx}: background kill-all exited {code}: {err}"
+            );
+        } else {
+            assert!(
+                PILOT_EXITS.contains(&code),
+                "{ctx}: pilot of {} exited {code}:\n{err}",
+                s.lease
+            );
+        }
+    }
+    let out = node.run(&["recover"]);
+    assert!(
+        out.status.success(),
+        "{ctx}: final recover\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // Record, host and ledger agree: nothing held, every lease over.
+    assert!(
+        node.reservations().is_empty(),
+        "{ctx}: host {}",
+        node.host()
+    );
+    let records = records(&node);
+    for r in &records {
+        assert_eq!(r["state"], "unreserved", "{ctx}: {r}");
+    }
+    // No guest of a finished lease runs, unless it was started after the lease began
+    // to end (then stopping it is the coordinator's part). Judged for guests of the
+    // epoch the record now holds (the record of an earlier epoch is gone).
+    let host = node.host();
+    for g in &late {
+        let state = node.guest_state(&g.name);
+        let record = records
+            .iter()
+            .find(|r| r["lease_id"] == g.lease.as_str() && r["epoch"] == g.epoch);
+        let ending = record.and_then(ending_started);
+        let before_the_end = ending.is_some_and(|e| g.added < e);
+        if before_the_end {
+            assert_ne!(
+                state, "running",
+                "{ctx}: guest {} of {} still runs: {host}",
+                g.name, g.lease
+            );
+        }
+    }
+    // Every event delivered; each lease epoch's end heard once; no seq used twice.
+    assert_eq!(node.spooled(), 0, "{ctx}: events left in the spool");
+    coordinator.with_log(|log| {
+        let mine: Vec<&Value> = log
+            .applied
+            .iter()
+            .filter(|e| leases.iter().any(|l| e["lease_id"] == l.as_str()))
+            .filter(|e| e["type"] != "heartbeat")
+            .collect();
+        let mut ends: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
+        let mut seqs: BTreeSet<(String, u64, u64)> = BTreeSet::new();
+        for e in &mine {
+            let key = (
+                e["lease_id"].as_str().unwrap().to_string(),
+                e["epoch"].as_u64().unwrap(),
+            );
+            let kind = e["type"].as_str().unwrap().to_string();
+            assert!(
+                seqs.insert((key.0.clone(), key.1, e["seq"].as_u64().unwrap())),
+                "{ctx}: seq {} of {key:?} used twice: {mine:?}",
+                e["seq"]
+            );
+            if END_EVENTS.contains(&kind.as_str()) {
+                ends.entry(key).or_default().push(kind);
+            }
+        }
+        for (key, kinds) in &ends {
+            let killed = kinds.iter().filter(|k| *k == "killed").count();
+            assert!(
+                kinds.len() - killed <= 1 && killed <= 1,
+                "{ctx}: the end of {key:?} was reported {kinds:?}"
+            );
+        }
+        // A lease epoch that was reserved had its end reported.
+        for r in &records {
+            let key = (
+                r["lease_id"].as_str().unwrap().to_string(),
+                r["epoch"].as_u64().unwrap(),
+            );
+            let reached_reserved = r["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["state"] == "reserved");
+            if reached_reserved {
+                assert!(
+                    ends.contains_key(&key),
+                    "{ctx}: no end heard for {key:?}: {r}"
+                );
+            }
+        }
+    });
 }
