@@ -318,3 +318,104 @@ fn a_kill_all_that_begins_while_a_pilot_waits_for_the_node_lock_still_fences_it(
     );
     assert!(node.reservations().is_empty());
 }
+
+/// A cgroup-v1 freezer group that holds a process frozen. A frozen task does not act on
+/// SIGKILL until it is thawed (it waits in the kernel, in `D` state), which is the
+/// "pilot stuck in the kernel" that kill-all must report, not paper over. Thawed and
+/// removed on drop.
+struct Frozen {
+    dir: std::path::PathBuf,
+}
+
+impl Frozen {
+    const ROOT: &str = "/sys/fs/cgroup/freezer";
+
+    /// None where this machine has no writable cgroup-v1 freezer (cgroup v2 lets a fatal
+    /// signal through a frozen group, so it cannot stand in).
+    fn new(pid: nix::unistd::Pid) -> Option<Frozen> {
+        let dir = std::path::Path::new(Self::ROOT).join(format!("vmpilot-test-{}", pid));
+        std::fs::create_dir(&dir).ok()?;
+        let group = Frozen { dir };
+        std::fs::write(group.dir.join("cgroup.procs"), pid.to_string()).ok()?;
+        std::fs::write(group.dir.join("freezer.state"), "FROZEN").ok()?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(group.dir.join("freezer.state"))
+            .ok()?
+            .trim()
+            != "FROZEN"
+        {
+            assert!(std::time::Instant::now() < until, "freezing did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(group)
+    }
+
+    fn thaw(&self) {
+        std::fs::write(self.dir.join("freezer.state"), "THAWED").unwrap();
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        // The group empties once its process has died.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_pilot_that_survives_sigkill_is_reported_not_stopped_and_its_lease_is_left_to_it() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: freezing a process needs root");
+        return;
+    }
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node_with_coordinator(&coordinator.url);
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "10m", "--lease-id", "kz"]);
+    node.wait_state("kz", "reserved");
+    node.add_guest("kz-guest", Some("kz"), &[]);
+    let Some(frozen) = Frozen::new(pilot.pid()) else {
+        eprintln!("skipped: no writable cgroup-v1 freezer at {}", Frozen::ROOT);
+        return;
+    };
+    let out = node.run(&["kill-all", "--yes", "--level", "fast"]);
+    let summary = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a pilot that would not die is a failure:\n{summary}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        summary.contains("NOT STOPPED") && summary.contains("kz"),
+        "the summary names the survivor: {summary}"
+    );
+    // kill-all never finished the lease of a pilot that still lives: the record, the
+    // guest and the share are the pilot's, and nothing reported an end.
+    assert_eq!(node.record("kz").unwrap()["state"], "reserved");
+    assert_eq!(node.guest_state("kz-guest"), "running");
+    assert_eq!(node.reservations().len(), 1, "{}", node.host());
+    coordinator.with_log(|l| {
+        assert!(
+            !l.applied.iter().any(|e| e["lease_id"] == "kz"
+                && ["unreserved", "failed", "recovered"]
+                    .contains(&e["type"].as_str().unwrap_or(""))),
+            "no end reported while the pilot lives: {:?}",
+            l.applied
+        );
+    });
+    // Thawed, the pilot dies of the SIGKILL it holds; now kill-all (or recover) finishes
+    // its lease.
+    frozen.thaw();
+    assert_eq!(pilot.finish().0, 137);
+    let out = node.run(&["kill-all", "--yes", "--level", "fast"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(node.record("kz").unwrap()["state"], "unreserved");
+    assert_ne!(node.guest_state("kz-guest"), "running");
+    assert!(node.reservations().is_empty());
+}
