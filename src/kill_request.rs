@@ -13,14 +13,14 @@
 //! and a file left by a kill-all that was itself killed fences nothing (the next kill-all
 //! replaces it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::cli::KillLevel;
-use crate::fsutil;
 use crate::process::ProcessIdentity;
+use crate::safe_dir::{SafeDir, quoted};
 
 /// File name under `state_dir`.
 pub const FILE: &str = "kill-request.json";
@@ -45,7 +45,9 @@ pub struct KillRequest {
 /// `vmpilot run` refused to start: a kill-all is in progress on this node. Exit status 7.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "a kill-all is in progress on this node (by {by}: {why}), so no pilot may start; nothing was changed\n\nhint: the fence is lifted when that kill-all ends; to keep pilots off the node after it, drain the node in the batch system"
+    "a kill-all is in progress on this node (by {}: {}), so no pilot may start; nothing was changed\n\nhint: the fence is lifted when that kill-all ends; to keep pilots off the node after it, drain the node in the batch system",
+    quoted(by, 64),
+    quoted(why, 200)
 )]
 pub struct Fenced {
     /// Who pulled the brake.
@@ -96,29 +98,35 @@ impl KillRequest {
     }
 }
 
-fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
-}
+/// A request is a few hundred bytes; a bigger file is not one.
+const CAP: u64 = 64 * 1024;
 
 /// Publish a request (durably, before any pilot is signalled).
 pub fn publish(state_dir: &Path, request: &KillRequest) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(request).expect("kill request serializes");
-    fsutil::write_atomic(&path(state_dir), &bytes)
+    SafeDir::open(state_dir)?.write_atomic_unshared(FILE, &bytes)
 }
 
-/// The request in force, if any: one whose kill-all still runs.
+/// The request in force, if any: one written by root (only root runs kill-all; the
+/// pilot account can write the state directory too, and a request it forged is ignored)
+/// whose kill-all still runs.
 pub fn current(state_dir: &Path) -> Option<KillRequest> {
-    let bytes = std::fs::read(path(state_dir)).ok()?;
+    let dir = SafeDir::open(state_dir).ok()?;
+    if dir.owner_of(FILE)? != 0 {
+        tracing::warn!(
+            file = %dir.join(FILE).display(),
+            "ignoring a kill request not written by root"
+        );
+        return None;
+    }
+    let bytes = dir.read(FILE, CAP).ok()??;
     let request: KillRequest = serde_json::from_slice(&bytes).ok()?;
     request.is_in_force().then_some(request)
 }
 
 /// Withdraw the request.
 pub fn withdraw(state_dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path(state_dir)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    SafeDir::open(state_dir)?.remove(FILE).map(|_| ())
 }
 
 #[cfg(test)]
@@ -127,6 +135,10 @@ mod tests {
 
     #[test]
     fn a_request_is_in_force_only_while_its_kill_all_runs() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a kill request is honoured only when root wrote it");
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         assert!(current(dir.path()).is_none());
         let mine = KillRequest::new(KillLevel::Fast, "test");

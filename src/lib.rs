@@ -25,5 +25,6 @@ pub mod progress;
 pub mod recovery;
 pub mod refcoord;
 pub mod release;
+pub mod safe_dir;
 pub mod signals;
 pub mod units;

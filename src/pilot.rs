@@ -195,16 +195,12 @@ pub async fn run(
     result
 }
 
-/// A lock holder as written in its file, or a phrase when it names none.
+/// A lock holder as written in its file (untrusted: quoted), or a phrase when it names none.
 fn display_holder(holder: &str) -> String {
     if holder.is_empty() {
         "another process".into()
     } else {
-        holder
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(200)
-            .collect()
+        crate::safe_dir::quoted(holder, 200)
     }
 }
 
@@ -250,8 +246,8 @@ impl Pilot {
             }
             Ok(Waited::TimedOut(waited)) => {
                 let e = crate::lease::store::StoreError::LockBusy {
-                    path: store.dir().join("node.lock"),
-                    holder: store.node_lock_holder(),
+                    path: store.node_lock_path(),
+                    holder: display_holder(&store.node_lock_holder()),
                     waited,
                 };
                 self.record.last_error = Some(e.to_string());

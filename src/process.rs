@@ -71,6 +71,33 @@ fn legacy_start_time_of(pid: u32) -> Option<u64> {
     Some(process.start_time())
 }
 
+/// The file name of a process's executable, without the " (deleted)" the kernel adds
+/// once the binary was replaced (an upgrade while the pilot runs).
+fn exe_name(pid: &str) -> Option<String> {
+    let target = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = target.file_name()?.to_str()?;
+    Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
+}
+
+/// Does process `pid` run a binary of the same name as this one (`vmpilot`)?
+fn runs_vmpilot(pid: i32) -> bool {
+    match (exe_name(&pid.to_string()), exe_name("self")) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => false,
+    }
+}
+
+/// Does process `pid` hold the file `(device, inode)` open? Each of its descriptors is
+/// only stat'ed (through /proc, which names the open file), never opened.
+fn holds_open(pid: i32, (dev, ino): (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+}
+
 impl ProcessIdentity {
     /// The identity of this process.
     pub fn current() -> Self {
@@ -92,6 +119,26 @@ impl ProcessIdentity {
             start_time: legacy_start_time_of(pid).unwrap_or(0),
             boot_id: boot_id(),
         })
+    }
+
+    /// Is this a running vmpilot process of `uid` that holds `lock` (the lease's lock
+    /// file, as `(device, inode)`) open? Records can be written by the pilot account, and
+    /// pid, start time and boot id are world-readable, so a record can name any process;
+    /// before root signals a "pilot" or leaves a lease to it, it proves the process is
+    /// one: alive with that identity, running a binary named like this one, as the state
+    /// directory's owner, and holding the lease's lock, which a pilot does for its whole
+    /// life and no other process does.
+    pub fn is_pilot_holding(&self, uid: u32, lock: (u64, u64)) -> bool {
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return false;
+        };
+        let Ok(process) = procfs::process::Process::new(pid) else {
+            return false;
+        };
+        let runs_as = process
+            .status()
+            .is_ok_and(|s| s.ruid == uid && s.euid == uid);
+        self.is_alive() && runs_as && runs_vmpilot(pid) && holds_open(pid, lock)
     }
 
     /// Is this exact process still running (same boot, same pid, same start)? Judged by

@@ -97,7 +97,7 @@ pub enum Planned {
 
 /// Look at every record in `scope` and decide. Cheap: reads records and `/proc` only, so an
 /// epilog on a node with nothing to recover never needs the hypervisor.
-pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<Vec<Planned>> {
+pub fn plan(store: &Store, scope: &Scope) -> anyhow::Result<Vec<Planned>> {
     let mut planned = Vec::new();
     for entry in store.list()? {
         let record = match entry {
@@ -119,13 +119,13 @@ pub fn plan(store: &Store, scope: &Scope, trigger: &Trigger) -> anyhow::Result<V
         {
             continue;
         }
-        planned.push(decide(record, scope, trigger));
+        planned.push(decide(store, record, scope));
     }
     Ok(planned)
 }
 
-fn decide(record: LeaseRecord, scope: &Scope, trigger: &Trigger) -> Planned {
-    match skip_reason(&record, scope, trigger) {
+fn decide(store: &Store, record: LeaseRecord, scope: &Scope) -> Planned {
+    match skip_reason(store, &record, scope) {
         Some(o) => Planned::Known(o),
         None if record.state == LeaseState::Unreserved => Planned::Report(Box::new(record)),
         None => Planned::Finish(Box::new(record)),
@@ -172,14 +172,26 @@ async fn claim(
         match store.try_lock_lease(&record.lease_id, &holder) {
             Ok(Some(lock)) => break lock,
             Ok(None) => {}
-            Err(e) => return Err(Outcome::known(record, format!("cannot lock: {e}"))),
+            // Not finished, and a failure: the node is not restored.
+            Err(e) => {
+                return Err(Outcome {
+                    unfinished: true,
+                    ..Outcome::known(record, format!("not finished: cannot lock: {e}"))
+                });
+            }
         }
         let held_by = store.lease_lock_holder(&record.lease_id);
         if held_by.starts_with(&pilot_holder) {
-            return Err(Outcome::known(
-                record,
-                "skipped: pilot still running (it holds the lease's lock)",
-            ));
+            // A pilot kill-all could not prove (e.g. it runs as another user than the
+            // state directory's owner) and so did not signal: not stopped.
+            let admin = matches!(trigger, Trigger::Admin { .. });
+            return Err(Outcome {
+                unfinished: admin,
+                ..Outcome::known(
+                    record,
+                    "skipped: pilot still running (it holds the lease's lock)",
+                )
+            });
         }
         if started.elapsed() >= wait {
             tracing::error!(lease = %record.lease_id, holder = %held_by.escape_debug(), waited = ?started.elapsed(), "the lease's lock is held by another process; not finishing it");
@@ -210,7 +222,7 @@ async fn claim(
             });
         }
     };
-    let planned = match decide(fresh, scope, trigger) {
+    let planned = match decide(store, fresh, scope) {
         // It was due when planned: someone finished it while this process waited.
         Planned::Known(o) if o.note == "skipped: already finished" => Planned::Known(Outcome {
             from: Some(record.state),
@@ -330,7 +342,7 @@ pub async fn recover_all(
     trigger: &Trigger,
     budget: Duration,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let planned = plan(&releaser.store, scope, trigger)?;
+    let planned = plan(&releaser.store, scope)?;
     let planned = finish_reports(outbox, &releaser.store, planned, scope, trigger).await;
     execute(releaser, outbox, planned, scope, trigger, budget).await
 }
@@ -346,11 +358,10 @@ fn same_job(recorded: Option<&str>, asked: &str) -> bool {
             && recorded.split('.').next() == asked.split('.').next()
 }
 
-fn skip_reason(record: &LeaseRecord, scope: &Scope, trigger: &Trigger) -> Option<Outcome> {
-    let _ = trigger;
+fn skip_reason(store: &Store, record: &LeaseRecord, scope: &Scope) -> Option<Outcome> {
     let note = if record.is_finished() {
         "already finished"
-    } else if !scope.boot && record.pilot.is_alive() {
+    } else if !scope.boot && store.pilot_is_running(record) {
         // A live pilot finishes its own lease, and its own report: a second one from here
         // would reach the coordinator as a different event. kill-all signals it instead.
         "pilot still running"

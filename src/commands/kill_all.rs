@@ -95,14 +95,19 @@ async fn fenced_kill(
     let mut signalled: BTreeMap<LeaseId, LeaseState> = BTreeMap::new();
     let mut survivors = Vec::new();
     for round in 0..MAX_ROUNDS {
-        let live: Vec<(LeaseId, LeaseState, ProcessIdentity)> = store
-            .list()?
-            .into_iter()
-            .flatten()
-            .filter(|r| !r.is_finished())
-            .filter(|r| r.pilot.is_alive())
-            .map(|r| (r.lease_id, r.state, r.pilot))
-            .collect();
+        let mut live: Vec<(LeaseId, LeaseState, ProcessIdentity)> = Vec::new();
+        for r in store.list()?.into_iter().flatten() {
+            if r.is_finished() {
+                continue;
+            }
+            if store.pilot_is_running(&r) {
+                live.push((r.lease_id, r.state, r.pilot));
+            } else if round == 0 && r.pilot.is_alive() {
+                // The record names a live process that is no pilot of this lease (pid,
+                // start and boot id are world-readable): it is never signalled.
+                tracing::warn!(lease = %r.lease_id, pid = r.pilot.pid, "the record names a running process that is not this lease's pilot (not a vmpilot of the state directory's owner holding the lease's lock); not signalling it");
+            }
+        }
         if live.is_empty() {
             survivors.clear();
             break;
@@ -131,7 +136,7 @@ async fn fenced_kill(
         job: None,
         boot: false,
     };
-    let planned = recovery::plan(store, &scope, &trigger)?;
+    let planned = recovery::plan(store, &scope)?;
     let planned = recovery::finish_reports(&outbox, store, planned, &scope, &trigger).await;
     let mut outcomes = if recovery::needs_host(&planned) {
         let releaser = Releaser {

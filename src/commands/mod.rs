@@ -18,7 +18,6 @@ use tracing_subscriber::prelude::*;
 use crate::cli::{Cli, Command, DEFAULT_CONFIG_PATH};
 use crate::config::{Config, Overrides};
 use crate::exit::ExitStatus;
-use crate::fsutil;
 
 /// Run the parsed command line.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
@@ -70,9 +69,17 @@ pub fn init_logging(config: &Config) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_filter(filter());
+    // Opened through the state directory's descriptor, never through a symlink: root
+    // appends to this file, and the pilot account may own the directory.
     let file = config.log.file.then(|| {
-        fsutil::ensure_private_dir(&config.state_dir)
-            .and_then(|_| fsutil::open_private_append(&config.state_dir.join("vmpilot.log")))
+        crate::safe_dir::SafeDir::open(&config.state_dir)
+            .and_then(|dir| dir.open_append("vmpilot.log", u64::MAX))
+            .map_err(|e| {
+                eprintln!(
+                    "vmpilot: warning: not logging to {}: {e}",
+                    config.state_dir.join("vmpilot.log").display()
+                )
+            })
             .ok()
     });
     let file_layer = file.flatten().map(|f| {

@@ -32,7 +32,7 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
         boot: args.boot,
     };
     let trigger = Trigger::PilotLost;
-    let planned = recovery::plan(&store, &scope, &trigger)?;
+    let planned = recovery::plan(&store, &scope)?;
     let outbox = Outbox::open(&config)?;
     let planned = recovery::finish_reports(&outbox, &store, planned, &scope, &trigger).await;
     let outcomes = if recovery::needs_host(&planned) {

@@ -9,6 +9,7 @@ use crate::config::Overrides;
 use crate::coordinator::spool::{Backlog, Spool};
 use crate::exit::ExitStatus;
 use crate::lease::store::Store;
+use crate::safe_dir::printable;
 
 use super::Globals;
 
@@ -64,7 +65,7 @@ pub fn status(globals: &Globals, args: StatusArgs) -> anyhow::Result<ExitStatus>
                 deadline: r.deadline,
                 seconds_left: r.seconds_left(now).max(0),
                 pilot_pid: r.pilot.pid,
-                pilot_alive: r.pilot.is_alive(),
+                pilot_alive: store.pilot_is_running(&r),
                 guests: r.guests.clone(),
                 last_error: r.last_error.clone(),
             }),
@@ -121,7 +122,7 @@ fn table(s: &NodeStatus) -> String {
                 "{:<18} {:<12} {:<10} {:>7}M {:>4} {:>8}s {:>8} {}\n",
                 l.lease_id,
                 l.state,
-                l.job_id.as_deref().unwrap_or("-"),
+                printable(l.job_id.as_deref().unwrap_or("-"), 40),
                 l.memory_mib,
                 l.cpus,
                 l.seconds_left,
@@ -131,13 +132,16 @@ fn table(s: &NodeStatus) -> String {
             if let Some(e) = &l.last_error {
                 out.push_str(&format!(
                     "  last error: {}\n",
-                    e.lines().next().unwrap_or("")
+                    printable(e.lines().next().unwrap_or(""), 300)
                 ));
             }
         }
     }
     for e in &s.errors {
-        out.push_str(&format!("error: {}\n", e.lines().next().unwrap_or("")));
+        out.push_str(&format!(
+            "error: {}\n",
+            printable(e.lines().next().unwrap_or(""), 300)
+        ));
     }
     out
 }

@@ -5,14 +5,14 @@
 //! order (oldest first); `rejected/` keeps events the coordinator refused with a 4xx, so a
 //! poison event cannot block the queue and is still there for an admin to read.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::client::{CoordinatorClient, PostOutcome};
 use super::event::EventEnvelope;
-use crate::fsutil;
+use crate::safe_dir::SafeDir;
 
 /// Spool problems.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +37,21 @@ pub enum SpoolError {
     },
 }
 
-/// The spool directory.
+/// The spool directory, used through its descriptor ([`crate::safe_dir`]): root delivers
+/// what the pilot account spooled, so a spooled "event" may be anything that account put
+/// there (a symlink to a root-only file would otherwise be read by root and posted).
 #[derive(Debug, Clone)]
 pub struct Spool {
-    dir: PathBuf,
+    dir: SafeDir,
+    rejected: SafeDir,
 }
+
+/// An event is a few KiB; a bigger file is not one of ours.
+const EVENT_CAP: u64 = 1 << 20;
+
+/// The most entries a spool directory may have (a week of heartbeats of several leases
+/// with the coordinator down is a few thousand).
+const SPOOL_CAP: usize = 200_000;
 
 /// What one delivery pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -79,52 +89,49 @@ fn now_nanos() -> u128 {
 impl Spool {
     /// Open (creating, 0700) `state_dir/spool`.
     pub fn open(state_dir: &Path) -> Result<Spool, SpoolError> {
-        let dir = state_dir.join("spool");
-        for d in [dir.clone(), dir.join("rejected")] {
-            fsutil::ensure_private_dir(&d)
-                .map_err(|source| SpoolError::Write { path: d, source })?;
-        }
-        Ok(Spool { dir })
+        let err = |path: PathBuf| move |source| SpoolError::Write { path, source };
+        let root = SafeDir::open(state_dir).map_err(err(state_dir.to_path_buf()))?;
+        let dir = root.subdir("spool").map_err(err(root.join("spool")))?;
+        let rejected = dir.subdir("rejected").map_err(err(dir.join("rejected")))?;
+        Ok(Spool { dir, rejected })
     }
 
     /// Durably add an event. Names sort by creation time, then by a process-local counter.
     pub fn enqueue(&self, event: &EventEnvelope) -> Result<PathBuf, SpoolError> {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("{:024}-{n:06}-{}.json", now_nanos(), event.event_id);
-        let path = self.dir.join(name);
         let bytes = serde_json::to_vec(event).expect("event serializes");
-        fsutil::write_atomic(&path, &bytes).map_err(|source| SpoolError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(path)
+        self.dir
+            .write_atomic(&name, &bytes)
+            .map_err(|source| SpoolError::Write {
+                path: self.dir.join(&name),
+                source,
+            })?;
+        Ok(self.dir.join(&name))
     }
 
     /// Is the event with this id waiting in the spool?
     pub fn holds(&self, event_id: &str) -> Result<bool, SpoolError> {
         let suffix = format!("-{event_id}.json");
-        Ok(self
-            .pending()?
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(&suffix)))
+        Ok(self.pending()?.iter().any(|name| name.ends_with(&suffix)))
     }
 
-    /// Waiting events, oldest first.
-    pub fn pending(&self) -> Result<Vec<PathBuf>, SpoolError> {
+    /// Names of the waiting events, oldest first.
+    pub fn pending(&self) -> Result<Vec<String>, SpoolError> {
         list_json(&self.dir)
     }
 
     /// Backlog figures.
     pub fn backlog(&self) -> Result<Backlog, SpoolError> {
         let pending = self.pending()?;
-        let oldest_age_secs = pending.first().and_then(|p| {
-            let modified = fs::metadata(p).ok()?.modified().ok()?;
+        let oldest_age_secs = pending.first().and_then(|name| {
+            let modified = self.dir.modified(name).ok()?;
             Some(SystemTime::now().duration_since(modified).ok()?.as_secs())
         });
         Ok(Backlog {
             pending: pending.len(),
             oldest_age_secs,
-            rejected: list_json(&self.dir.join("rejected"))?.len(),
+            rejected: list_json(&self.rejected)?.len(),
         })
     }
 
@@ -146,16 +153,28 @@ impl Spool {
             }
         };
         let total = pending.len();
-        for path in pending {
+        for name in pending {
             if Instant::now() >= until {
                 report.stopped_by = Some("time bound reached".into());
                 break;
             }
-            let Ok(body) = fs::read(&path) else { continue };
+            let path = self.dir.join(&name);
+            let body = match self.dir.read(&name, EVENT_CAP) {
+                Ok(Some(body)) => body,
+                // Delivered by another process meanwhile.
+                Ok(None) => continue,
+                Err(e) => {
+                    // Not a file vmpilot spooled (or unreadable): never sent, set aside.
+                    tracing::error!(event = %path.display(), error = %e, "not delivering a spool entry that is not a safe event file; moved to spool/rejected");
+                    let _ = self.dir.rename_to(&name, &self.rejected, &name);
+                    report.rejected += 1;
+                    continue;
+                }
+            };
             let left = until.saturating_duration_since(Instant::now());
             match client.post_event(&body, left).await {
                 PostOutcome::Accepted(_) => {
-                    let _ = fs::remove_file(&path);
+                    let _ = self.dir.remove(&name);
                     report.delivered += 1;
                 }
                 PostOutcome::Rejected {
@@ -163,9 +182,7 @@ impl Spool {
                     body: reply,
                 } => {
                     tracing::error!(event = %path.display(), %status, reply = %reply, "coordinator rejected an event; kept in spool/rejected");
-                    if let Some(name) = path.file_name() {
-                        let _ = fs::rename(&path, self.dir.join("rejected").join(name));
-                    }
+                    let _ = self.dir.rename_to(&name, &self.rejected, &name);
                     report.rejected += 1;
                 }
                 PostOutcome::Transient(why) => {
@@ -174,19 +191,13 @@ impl Spool {
                 }
             }
         }
-        let _ = fsutil::sync_dir(&self.dir);
+        let _ = self.dir.sync();
         report.remaining = total - report.delivered - report.rejected;
         report
     }
 
     async fn delivery_lock(&self, until: Instant) -> Option<File> {
-        let path = self.dir.join(".deliver.lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ok()?;
+        let file = self.dir.open_lock(".deliver.lock", 4096).ok()?;
         loop {
             if file.try_lock().is_ok() {
                 return Some(file);
@@ -199,20 +210,15 @@ impl Spool {
     }
 }
 
-fn list_json(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
-    let entries = fs::read_dir(dir).map_err(|source| SpoolError::Read {
-        path: dir.to_path_buf(),
+/// Names of the `*.json` entries of `dir` (not dot files), sorted: delivery order.
+fn list_json(dir: &SafeDir) -> Result<Vec<String>, SpoolError> {
+    let (entries, _) = dir.entries(SPOOL_CAP).map_err(|source| SpoolError::Read {
+        path: dir.path().to_path_buf(),
         source,
     })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    paths.sort();
-    Ok(paths)
+    Ok(entries
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .collect())
 }

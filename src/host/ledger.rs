@@ -13,15 +13,15 @@
 //! back.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Guest, HostError, LeaseShare, owned_by};
 use crate::config::HostBackend;
-use crate::fsutil;
 use crate::lease::record::LeaseId;
+use crate::safe_dir::SafeDir;
 
 /// Version of the ledger file layout.
 const LEDGER_VERSION: u32 = 1;
@@ -139,69 +139,78 @@ impl LedgerState {
 /// The ledger file of one backend.
 #[derive(Debug)]
 pub struct Ledger {
-    path: PathBuf,
-    lock_path: PathBuf,
+    dir: SafeDir,
+    name: String,
+    lock_name: String,
     backend: HostBackend,
 }
+
+/// A ledger is a few entries per lease; a bigger file is not one.
+const LEDGER_CAP: u64 = 1 << 20;
 
 /// The ledger, locked; [`LedgerGuard::save`] writes changes, dropping it unlocks.
 pub struct LedgerGuard<'a> {
     ledger: &'a Ledger,
     /// The content, to read and change.
     pub state: LedgerState,
+    /// Who wrote the ledger file (None: there was none yet).
+    owner: Option<u32>,
     _lock: File,
 }
 
 impl Ledger {
     /// The ledger `{state_dir}/{name}-ledger.json` (created on first save).
     pub fn open(state_dir: &Path, name: &str, backend: HostBackend) -> Result<Self, HostError> {
-        fsutil::ensure_private_dir(state_dir).map_err(|e| HostError::Unreachable {
+        let dir = SafeDir::open(state_dir).map_err(|e| HostError::Unreachable {
             backend,
-            detail: format!("cannot create state directory {}: {e}", state_dir.display()),
+            detail: format!("cannot open state directory {}: {e}", state_dir.display()),
         })?;
         Ok(Ledger {
-            path: state_dir.join(format!("{name}-ledger.json")),
-            lock_path: state_dir.join(format!("{name}-ledger.lock")),
+            dir,
+            name: format!("{name}-ledger.json"),
+            lock_name: format!("{name}-ledger.lock"),
             backend,
         })
     }
 
     /// Where the ledger lives.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
     }
 
     /// Lock and read the ledger.
     pub fn lock(&self, op: &str) -> Result<LedgerGuard<'_>, HostError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let fail = |detail: String| HostError::Operation {
             op: op.to_string(),
             detail,
         };
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&self.lock_path)
-            .map_err(|e| fail(format!("{}: {e}", self.lock_path.display())))?;
-        lock.lock()
-            .map_err(|e| fail(format!("cannot lock {}: {e}", self.lock_path.display())))?;
-        let state = match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        let lock = self
+            .dir
+            .open_lock(&self.lock_name, 4096)
+            .map_err(|e| fail(format!("{}: {e}", self.dir.join(&self.lock_name).display())))?;
+        lock.lock().map_err(|e| {
+            fail(format!(
+                "cannot lock {}: {e}",
+                self.dir.join(&self.lock_name).display()
+            ))
+        })?;
+        let owner = self.dir.owner_of(&self.name);
+        let state = match self.dir.read(&self.name, LEDGER_CAP) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
                 fail(format!(
                     "{} ledger {} is corrupt: {e}\n\nhint: it records what each lease holds on this host; \
                      repair it by hand (or remove it once no lease is active)",
                     self.backend,
-                    self.path.display()
+                    self.path().display()
                 ))
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LedgerState::default(),
-            Err(e) => return Err(fail(format!("{}: {e}", self.path.display()))),
+            Ok(None) => LedgerState::default(),
+            Err(e) => return Err(fail(format!("{}: {e}", self.path().display()))),
         };
         Ok(LedgerGuard {
             ledger: self,
             state,
+            owner,
             _lock: lock,
         })
     }
@@ -212,10 +221,35 @@ impl LedgerGuard<'_> {
     pub fn save(&self, op: &str) -> Result<(), HostError> {
         // A struct of plain maps and integers always serializes.
         let bytes = serde_json::to_vec_pretty(&self.state).expect("ledger serializes");
-        fsutil::write_atomic(&self.ledger.path, &bytes).map_err(|e| HostError::Operation {
-            op: op.to_string(),
-            detail: format!("cannot write {}: {e}", self.ledger.path.display()),
-        })
+        self.ledger
+            .dir
+            .write_atomic(&self.ledger.name, &bytes)
+            .map_err(|e| HostError::Operation {
+                op: op.to_string(),
+                detail: format!("cannot write {}: {e}", self.ledger.path().display()),
+            })
+    }
+
+    /// May root set a host-wide value (the hugepage pool, dom0's memory) from what this
+    /// ledger says? Only when root wrote it: changing those values needs root, so a
+    /// ledger written by the pilot account never moved them, and numbers it holds are
+    /// not root's to apply.
+    pub fn check_trusted_for_host_values(&self, op: &str) -> Result<(), HostError> {
+        match self.owner {
+            Some(uid) if uid != 0 && nix::unistd::geteuid().is_root() => {
+                Err(HostError::Operation {
+                    op: op.to_string(),
+                    detail: format!(
+                        "the ledger {} (written by uid {uid}, not root) says this lease moved a host-wide value; \
+                         root does not set host values from a file another account wrote\n\n\
+                         hint: pilots that grow hugepages or balloon dom0 run as root (docs/security.md); \
+                         check the value by hand, then remove the lease's entry from the ledger",
+                        self.ledger.path().display()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 }
 

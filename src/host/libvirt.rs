@@ -71,7 +71,7 @@ pub struct LibvirtBaseline {
 /// The hugepage pool before and after a lease grew it.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
 pub struct HugepageBaseline {
-    /// The pool file.
+    /// The pool file, for whoever reads the record; a release uses the config's path only.
     pub path: PathBuf,
     /// Pages before the lease.
     pub before: u64,
@@ -475,17 +475,16 @@ impl Host for LibvirtHost {
             ));
         }
         if held.delta != 0 {
-            // The pool file the lease grew: from its record, else from the config.
-            let path = recorded
-                .and_then(|r| r.hugepages.map(|h| h.path))
-                .or_else(|| self.hugepages.clone())
-                .ok_or_else(|| {
-                    op_error(
-                        &op,
-                        "the lease grew the hugepage pool but neither its record nor the config names the pool file\n\n\
-                         hint: set [host.libvirt] hugepages = true (and hugepages_path) and run `vmpilot recover`",
-                    )
-                })?;
+            guard.check_trusted_for_host_values(&op)?;
+            // The pool file from the root-owned config only: never a path from a record,
+            // which the pilot account can write.
+            let path = self.hugepages.clone().ok_or_else(|| {
+                op_error(
+                    &op,
+                    "the lease grew the hugepage pool but the config has hugepages off\n\n\
+                     hint: set [host.libvirt] hugepages = true (and the hugepages_path it grew) and run `vmpilot recover`",
+                )
+            })?;
             let current = hugepages::read(&path).map_err(|e| op_error(&op, e))?;
             let target = guard.state.value_after_release(lease, current);
             hugepages::restore(&path, target).map_err(|e| op_error(&op, e))?;

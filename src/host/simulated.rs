@@ -13,7 +13,7 @@
 //! backend is event-driven.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,8 +24,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::ledger::budget_excess;
 use super::{Capacity, Guest, GuestOwner, GuestWatch, Host, HostError, LeaseShare};
 use crate::config::{HostBackend, SimulatedConfig};
-use crate::fsutil;
 use crate::lease::record::LeaseId;
+use crate::safe_dir::SafeDir;
 use crate::units::MemSize;
 
 /// The simulated host's file.
@@ -148,6 +148,7 @@ struct SimBaseline {
 pub struct SimulatedHost {
     path: PathBuf,
     lock_path: PathBuf,
+    dir: SafeDir,
     size: SimulatedConfig,
     host_reserve: MemSize,
     guest_overhead: MemSize,
@@ -228,11 +229,12 @@ impl SimulatedHost {
             backend: HostBackend::Simulated,
             detail,
         };
-        fsutil::ensure_private_dir(state_dir)
+        let dir = SafeDir::open(state_dir)
             .map_err(|e| unreachable(format!("{}: {e}", state_dir.display())))?;
         let host = SimulatedHost {
             path: state_dir.join(STATE_FILE),
             lock_path: state_dir.join("simulated-host.lock"),
+            dir,
             size,
             host_reserve,
             guest_overhead,
@@ -264,7 +266,8 @@ impl SimulatedHost {
         let out = f(&mut node);
         if node != before {
             let bytes = serde_json::to_vec_pretty(&node).expect("simulated node serializes");
-            fsutil::write_atomic(&self.path, &bytes)
+            self.dir
+                .write_atomic(STATE_FILE, &bytes)
                 .map_err(|e| op_error(op, format!("cannot write {}: {e}", self.path.display())))?;
         }
         drop(lock);
@@ -272,13 +275,9 @@ impl SimulatedHost {
     }
 
     fn lock(&self) -> Result<File, HostError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&self.lock_path)
+        let file = self
+            .dir
+            .open_lock("simulated-host.lock", 4096)
             .map_err(|e| HostError::Unreachable {
                 backend: HostBackend::Simulated,
                 detail: format!("{}: {e}", self.lock_path.display()),
@@ -288,7 +287,11 @@ impl SimulatedHost {
     }
 
     fn read(&self, op: &str) -> Result<SimNode, HostError> {
-        match std::fs::read(&self.path) {
+        match self
+            .dir
+            .read(STATE_FILE, 16 << 20)
+            .and_then(|b| b.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)))
+        {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 op_error(
                     op,

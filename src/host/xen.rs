@@ -361,6 +361,7 @@ impl Host for XenHost {
             return Ok(());
         };
         if held.delta != 0 {
+            guard.check_trusted_for_host_values(&op)?;
             let current = self.dom0_mib(&op)?;
             let target = guard.state.value_after_release(lease, current);
             self.balloon_to(target)?;

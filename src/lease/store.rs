@@ -10,13 +10,13 @@
 //!
 //! Records are written before each side effect (the intent) and after it; see `lease`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::File;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::record::{LeaseId, LeaseRecord, RECORD_VERSION};
-use crate::fsutil;
+use crate::safe_dir::{self, SafeDir};
 
 /// Things that go wrong with the state directory. Exit status: environment.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,17 @@ pub enum StoreError {
         /// The version found.
         found: u64,
     },
+    /// A `.json` entry of `leases/` whose name is no lease id, so no record vmpilot
+    /// wrote: reported (its name quoted), never opened.
+    #[error(
+        "{dir} holds {name}, which is not a lease record\n\nhint: move it out of the state directory; only `<lease-id>.json` and `.lock` files belong there"
+    )]
+    Stray {
+        /// The directory.
+        dir: PathBuf,
+        /// The entry, quoted.
+        name: String,
+    },
     /// Another process holds the node lock for too long.
     #[error(
         "node lock {path} is held by {holder} (waited {waited:?})\n\nhint: if that process is gone or stuck, run `vmpilot status`, then `vmpilot recover`"
@@ -76,17 +87,29 @@ pub enum StoreError {
     LockBusy {
         /// The lock file.
         path: PathBuf,
-        /// Who holds it, from the lock file.
+        /// Who holds it, from the lock file, quoted.
         holder: String,
         /// How long we waited.
         waited: Duration,
     },
 }
 
-/// The state directory.
+/// The largest record vmpilot reads: far above any it writes (a lease's history is a few
+/// dozen entries), so a bigger file is not a record.
+pub const RECORD_CAP: u64 = 1 << 20;
+
+/// Lock files hold one line naming their holder.
+const LOCK_CAP: u64 = 4096;
+
+/// The most entries `leases/` may have: two per lease, and a node has a handful of leases.
+const LEASES_CAP: usize = 10_000;
+
+/// The state directory, opened once and used through its descriptor
+/// ([`crate::safe_dir`]): what is in it may have been written by the pilot account.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dir: PathBuf,
+    root: SafeDir,
+    leases: SafeDir,
 }
 
 /// The node lock; released when dropped (or when the process dies, which is why it is a
@@ -103,84 +126,134 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         };
-        fsutil::ensure_private_dir(dir).map_err(err)?;
-        fsutil::ensure_private_dir(&dir.join("leases")).map_err(err)?;
-        Ok(Store {
-            dir: dir.to_path_buf(),
-        })
+        let root = SafeDir::open(dir).map_err(err)?;
+        let leases = root.subdir("leases").map_err(err)?;
+        Ok(Store { root, leases })
     }
 
-    /// The state directory.
+    /// The state directory's path (for messages and for opening it elsewhere).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.root.path()
+    }
+
+    /// The state directory itself, for the other files that live in it.
+    pub fn safe_dir(&self) -> &SafeDir {
+        &self.root
+    }
+
+    fn record_name(id: &LeaseId) -> String {
+        format!("{id}.json")
+    }
+
+    fn lock_name(id: &LeaseId) -> String {
+        format!("{id}.lock")
     }
 
     /// Where a lease's record lives.
     pub fn record_path(&self, id: &LeaseId) -> PathBuf {
-        self.dir.join("leases").join(format!("{id}.json"))
+        self.leases.join(&Self::record_name(id))
+    }
+
+    /// The uid that owns a lease's record (whoever last wrote it): the account a live
+    /// pilot of that lease runs as.
+    pub fn record_owner(&self, id: &LeaseId) -> Option<u32> {
+        self.leases.owner_of(&Self::record_name(id))
     }
 
     /// Persist a record durably (temp file, fsync, rename, fsync dir).
     pub fn save(&self, record: &LeaseRecord) -> Result<(), StoreError> {
-        let path = self.record_path(&record.lease_id);
+        let name = Self::record_name(&record.lease_id);
         // Serializing our own plain data types cannot fail.
         let bytes = serde_json::to_vec_pretty(record).expect("lease record serializes");
-        fsutil::write_atomic(&path, &bytes).map_err(|source| StoreError::Write { path, source })
+        self.leases
+            .write_atomic(&name, &bytes)
+            .map_err(|source| StoreError::Write {
+                path: self.leases.join(&name),
+                source,
+            })
     }
 
     /// Load a lease's record, if there is one.
     pub fn load(&self, id: &LeaseId) -> Result<Option<LeaseRecord>, StoreError> {
         let path = self.record_path(id);
-        match fs::read(&path) {
-            Ok(bytes) => parse_record(&path, &bytes).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        match self.leases.read(&Self::record_name(id), RECORD_CAP) {
+            Ok(Some(bytes)) => parse_record(&path, &bytes).map(Some),
+            Ok(None) => Ok(None),
             Err(source) => Err(StoreError::Read { path, source }),
         }
     }
 
     /// Every record in the state directory, sorted by lease id. A record that cannot be read
-    /// is returned as an error in its place, so one bad file never hides the others.
+    /// is returned as an error in its place, so one bad file never hides the others; an
+    /// entry whose name is not `<lease-id>.json` (or `.lock`, or a temp file) is reported
+    /// the same way when it looks like a record (`*.json`), its name quoted.
     pub fn list(&self) -> Result<Vec<Result<LeaseRecord, StoreError>>, StoreError> {
-        let leases = self.dir.join("leases");
-        let entries = fs::read_dir(&leases).map_err(|source| StoreError::Dir {
-            path: leases.clone(),
-            source,
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        Ok(paths
-            .into_iter()
-            .map(|path| match fs::read(&path) {
-                Ok(bytes) => parse_record(&path, &bytes),
-                Err(source) => Err(StoreError::Read { path, source }),
-            })
-            .collect())
+        let (entries, not_utf8) =
+            self.leases
+                .entries(LEASES_CAP)
+                .map_err(|source| StoreError::Dir {
+                    path: self.leases.path().to_path_buf(),
+                    source,
+                })?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let name = entry.name;
+            if name.starts_with(".tmp-") {
+                continue;
+            }
+            let (stem, ext) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
+            let id = stem.parse::<LeaseId>().ok();
+            match (ext, id) {
+                ("json", Some(id)) => out.push(match self.load(&id) {
+                    Ok(Some(r)) => Ok(r),
+                    // Gone since the listing: finished and removed meanwhile.
+                    Ok(None) => continue,
+                    Err(e) => Err(e),
+                }),
+                ("json", None) => out.push(Err(StoreError::Stray {
+                    dir: self.leases.path().to_path_buf(),
+                    name: safe_dir::quoted(&name, 80),
+                })),
+                // Lock files, and whatever else someone put there: not records.
+                _ => {}
+            }
+        }
+        if not_utf8 > 0 {
+            tracing::warn!(
+                dir = %self.leases.path().display(),
+                count = not_utf8,
+                "ignoring entries whose names are not UTF-8 (not lease records)"
+            );
+        }
+        Ok(out)
     }
 
     /// Take the node lock, waiting at most `timeout`; `holder` is written into the lock file
     /// for whoever has to wait next.
     pub fn lock_node(&self, timeout: Duration, holder: &str) -> Result<NodeLock, StoreError> {
-        let file = lock_waiting(&self.dir.join("node.lock"), timeout, holder)?;
+        let file = lock_waiting(&self.root, "node.lock", timeout, holder)?;
         Ok(NodeLock { _file: file })
     }
 
     /// Take the node lock if it is free now (for callers that wait themselves, e.g. while
     /// also listening for signals).
     pub fn try_lock_node(&self, holder: &str) -> Result<Option<NodeLock>, StoreError> {
-        Ok(try_lock(&self.dir.join("node.lock"), holder)?.map(|file| NodeLock { _file: file }))
+        Ok(try_lock(&self.root, "node.lock", holder)?.map(|file| NodeLock { _file: file }))
     }
 
-    /// Who holds (or last held) the node lock, as written into its file.
+    /// Who holds (or last held) the node lock, as written into its file (untrusted).
     pub fn node_lock_holder(&self) -> String {
-        holder_of(&self.dir.join("node.lock"))
+        holder_of(&self.root, "node.lock")
+    }
+
+    /// The node lock's path (for messages).
+    pub fn node_lock_path(&self) -> PathBuf {
+        self.root.join("node.lock")
     }
 
     /// Where a lease's lock lives (beside its record).
     pub fn lease_lock_path(&self, id: &LeaseId) -> PathBuf {
-        self.dir.join("leases").join(format!("{id}.lock"))
+        self.leases.join(&Self::lock_name(id))
     }
 
     /// Take a lease's lock if it is free now. Its pilot holds it from before the record is
@@ -192,7 +265,8 @@ impl Store {
         id: &LeaseId,
         holder: &str,
     ) -> Result<Option<LeaseLock>, StoreError> {
-        Ok(try_lock(&self.lease_lock_path(id), holder)?.map(|file| LeaseLock { _file: file }))
+        Ok(try_lock(&self.leases, &Self::lock_name(id), holder)?
+            .map(|file| LeaseLock { _file: file }))
     }
 
     /// Take a lease's lock, waiting at most `timeout` (see [`Store::try_lock_lease`]).
@@ -202,23 +276,39 @@ impl Store {
         timeout: Duration,
         holder: &str,
     ) -> Result<LeaseLock, StoreError> {
-        let file = lock_waiting(&self.lease_lock_path(id), timeout, holder)?;
+        let file = lock_waiting(&self.leases, &Self::lock_name(id), timeout, holder)?;
         Ok(LeaseLock { _file: file })
     }
 
     /// Is a lease's lock held by a process right now? A probe: it takes and drops the
     /// lock at once when it is free, so a pilot starting at that instant waits a moment.
+    /// A lock file that is not a safe regular file counts as held: nothing may finish
+    /// that lease until a person looks.
     pub fn lease_is_held(&self, id: &LeaseId) -> bool {
-        let path = self.lease_lock_path(id);
-        if !path.exists() {
+        let name = Self::lock_name(id);
+        if !self.leases.exists(&name) {
             return false;
         }
-        matches!(try_lock(&path, ""), Ok(None))
+        !matches!(try_lock(&self.leases, &name, ""), Ok(Some(_)))
     }
 
-    /// Who holds (or last held) a lease's lock, as written into its file.
+    /// Is the pilot a record names running now, proven (see
+    /// [`crate::process::ProcessIdentity::is_pilot_holding`])? It runs as the state directory's owner and
+    /// holds the lease's lock. Records of vmpilot 0.1 (no start ticks; their pilots held
+    /// no lease lock) are judged by identity alone.
+    pub fn pilot_is_running(&self, record: &LeaseRecord) -> bool {
+        if record.pilot.start_ticks.is_none() {
+            return record.pilot.is_alive();
+        }
+        let Some(lock) = self.leases.file_id(&Self::lock_name(&record.lease_id)) else {
+            return false;
+        };
+        record.pilot.is_pilot_holding(self.root.owner(), lock)
+    }
+
+    /// Who holds (or last held) a lease's lock, as written into its file (untrusted).
     pub fn lease_lock_holder(&self, id: &LeaseId) -> String {
-        holder_of(&self.lease_lock_path(id))
+        holder_of(&self.leases, &Self::lock_name(id))
     }
 }
 
@@ -229,18 +319,21 @@ pub struct LeaseLock {
     _file: File,
 }
 
-/// Take the flock on `path` if it is free; write `holder` into the file once held.
-fn try_lock(path: &Path, holder: &str) -> Result<Option<File>, StoreError> {
-    let mut file = open_lock_file(path).map_err(|source| StoreError::Dir {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// Take the flock on `name` in `dir` if it is free; write `holder` into the file once held.
+fn try_lock(dir: &SafeDir, name: &str, holder: &str) -> Result<Option<File>, StoreError> {
+    let path = || dir.join(name);
+    let mut file = dir
+        .open_lock(name, LOCK_CAP)
+        .map_err(|source| StoreError::Dir {
+            path: path(),
+            source,
+        })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
         Err(std::fs::TryLockError::Error(source)) => {
             return Err(StoreError::Dir {
-                path: path.to_path_buf(),
+                path: path(),
                 source,
             });
         }
@@ -254,17 +347,22 @@ fn try_lock(path: &Path, holder: &str) -> Result<Option<File>, StoreError> {
     Ok(Some(file))
 }
 
-/// Take the flock on `path`, waiting at most `timeout`.
-fn lock_waiting(path: &Path, timeout: Duration, holder: &str) -> Result<File, StoreError> {
+/// Take the flock on `name` in `dir`, waiting at most `timeout`.
+fn lock_waiting(
+    dir: &SafeDir,
+    name: &str,
+    timeout: Duration,
+    holder: &str,
+) -> Result<File, StoreError> {
     let started = Instant::now();
     loop {
-        if let Some(file) = try_lock(path, holder)? {
+        if let Some(file) = try_lock(dir, name, holder)? {
             return Ok(file);
         }
         if started.elapsed() >= timeout {
             return Err(StoreError::LockBusy {
-                path: path.to_path_buf(),
-                holder: holder_of(path),
+                path: dir.join(name),
+                holder: safe_dir::quoted(&holder_of(dir, name), 200),
                 waited: started.elapsed(),
             });
         }
@@ -272,24 +370,15 @@ fn lock_waiting(path: &Path, timeout: Duration, holder: &str) -> Result<File, St
     }
 }
 
-/// The holder named in a lock file (at most a line of it).
-fn holder_of(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(file) = File::open(path) {
-        let _ = file.take(256).read_to_string(&mut text);
-    }
+/// The holder named in a lock file: its first line, as written. Anyone who can write the
+/// state directory may have written it, so it is compared, never trusted, and shown only
+/// through [`safe_dir::quoted`].
+fn holder_of(dir: &SafeDir, name: &str) -> String {
+    let text = match dir.read(name, LOCK_CAP) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => String::new(),
+    };
     text.lines().next().unwrap_or("").trim().to_string()
-}
-
-fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
 }
 
 /// Parse a record, checking the format version first so an old or new format gives a
