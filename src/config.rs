@@ -191,6 +191,7 @@ struct RawCoordinator {
     allow_plain_http: Option<bool>,
     heartbeat_interval: Option<Duration>,
     ca_file: Option<PathBuf>,
+    proxy: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -323,6 +324,10 @@ pub struct CoordinatorConfig {
     /// PEM file of CA certificates trusted for the coordinator's HTTPS, in addition to the
     /// built-in web roots (a site's private CA); `None`: the web roots only.
     pub ca_file: Option<PathBuf>,
+    /// The HTTP(S) proxy to the coordinator, if the site needs one. Only this names a
+    /// proxy: `HTTP(S)_PROXY`/`ALL_PROXY` in the job's environment are the submitter's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// `[log]`.
@@ -677,6 +682,17 @@ fn resolve_coordinator(
             ));
         }
     }
+    if let Some(proxy) = &raw.proxy {
+        let ok = url::Url::parse(proxy)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return Err(invalid(
+                "coordinator.proxy",
+                format!("`{proxy}` is not an http:// or https:// URL"),
+                "use the proxy's URL, e.g. http://proxy.example:3128, or remove proxy",
+            ));
+        }
+    }
     let Some(secret_file) = raw.secret_file else {
         return Err(invalid(
             "coordinator.secret_file",
@@ -690,6 +706,7 @@ fn resolve_coordinator(
         timeout: raw.timeout.unwrap_or(Duration::from_secs(5)),
         heartbeat_interval,
         ca_file: raw.ca_file,
+        proxy: raw.proxy,
     })
 }
 

@@ -15,20 +15,14 @@ pub fn check_config(globals: &Globals) -> anyhow::Result<ExitStatus> {
     let config = globals.load(Overrides::default())?;
     let store = Store::open(&config.state_dir)?;
     // Prove the state directory takes a durable write, the way lease records are written.
-    let probe = store.dir().join(".check-config");
-    crate::fsutil::write_atomic(&probe, b"ok")
+    store
+        .safe_dir()
+        .write_atomic(".check-config", b"ok")
         .with_context(|| format!("state directory {} is not writable", store.dir().display()))?;
-    let _ = std::fs::remove_file(&probe);
+    let _ = store.safe_dir().remove(".check-config");
     if let Some(c) = &config.coordinator {
         let secret = Secret::from_file(&c.secret_file)?;
-        if let Some(ca) = &c.ca_file {
-            crate::coordinator::client::CoordinatorClient::with_ca_file(
-                &c.url,
-                secret,
-                c.timeout.get(),
-                ca,
-            )?;
-        }
+        crate::coordinator::client::CoordinatorClient::from_config(c, secret)?;
     }
     let host = crate::host::open(&config)?;
     let capacity = host.capacity()?;

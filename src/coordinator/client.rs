@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::signature::{SIGNATURE_HEADER, Secret, sign, verify_reply};
+use crate::config::CoordinatorConfig;
 
 /// How a POST ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +76,23 @@ const REPLY_WINDOW_SECS: i64 = 300;
 impl CoordinatorClient {
     /// A client for the coordinator at `base_url`.
     pub fn new(base_url: &str, secret: Secret, timeout: Duration) -> Result<Self, reqwest::Error> {
-        Self::build(base_url, secret, timeout, Vec::new())
+        Self::build(base_url, secret, timeout, Vec::new(), None)
+    }
+
+    /// The client `[coordinator]` describes: its URL, timeout, private CA (`ca_file`) and
+    /// proxy (`proxy`; without it no proxy is used, whatever the environment says).
+    pub fn from_config(c: &CoordinatorConfig, secret: Secret) -> anyhow::Result<Self> {
+        let roots = match &c.ca_file {
+            Some(ca) => load_roots(ca)?,
+            None => Vec::new(),
+        };
+        Ok(Self::build(
+            &c.url,
+            secret,
+            c.timeout.get(),
+            roots,
+            c.proxy.as_deref(),
+        )?)
     }
 
     /// A client that also trusts the CA certificates in the PEM file `ca_file` (a site's
@@ -86,24 +103,13 @@ impl CoordinatorClient {
         timeout: Duration,
         ca_file: &Path,
     ) -> anyhow::Result<Self> {
-        let pem = std::fs::read(ca_file).map_err(|source| CaFileError::Read {
-            path: ca_file.to_path_buf(),
-            source,
-        })?;
-        let no_cert = |detail: String| CaFileError::NoCertificate {
-            path: ca_file.to_path_buf(),
-            detail,
-        };
-        // reqwest accepts text without any PEM block as an empty bundle; refuse that here.
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(no_cert(String::new()).into());
-        }
-        let roots =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| no_cert(format!(" ({e})")))?;
-        if roots.is_empty() {
-            return Err(no_cert(String::new()).into());
-        }
-        Ok(Self::build(base_url, secret, timeout, roots)?)
+        Ok(Self::build(
+            base_url,
+            secret,
+            timeout,
+            load_roots(ca_file)?,
+            None,
+        )?)
     }
 
     fn build(
@@ -111,10 +117,19 @@ impl CoordinatorClient {
         secret: Secret,
         timeout: Duration,
         roots: Vec<reqwest::Certificate>,
+        proxy: Option<&str>,
     ) -> Result<Self, reqwest::Error> {
+        // The job's environment is the submitter's (`--export=ALL`): its HTTP(S)_PROXY and
+        // ALL_PROXY must not route signed events elsewhere. Only the config names a proxy.
+        // A redirect is not followed either: the events go to the configured URL or wait.
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("vmpilot/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(timeout);
+            .connect_timeout(timeout)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(proxy) = proxy {
+            builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+        }
         for root in roots {
             builder = builder.add_root_certificate(root);
         }
@@ -216,10 +231,37 @@ impl CoordinatorClient {
                 status: status.as_u16(),
                 body: text,
             }
+        } else if status.is_redirection() {
+            PostOutcome::Transient(format!(
+                "coordinator answered {status} (a redirect, which is never followed); kept spooled\n\n\
+                 hint: set coordinator.url to the URL that answers, not one that redirects"
+            ))
         } else {
             PostOutcome::Transient(format!("coordinator answered {status}"))
         }
     }
+}
+
+/// The CA certificates in the PEM file `ca_file` (a site's private CA).
+fn load_roots(ca_file: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(ca_file).map_err(|source| CaFileError::Read {
+        path: ca_file.to_path_buf(),
+        source,
+    })?;
+    let no_cert = |detail: String| CaFileError::NoCertificate {
+        path: ca_file.to_path_buf(),
+        detail,
+    };
+    // reqwest accepts text without any PEM block as an empty bundle; refuse that here.
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(no_cert(String::new()).into());
+    }
+    let roots =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| no_cert(format!(" ({e})")))?;
+    if roots.is_empty() {
+        return Err(no_cert(String::new()).into());
+    }
+    Ok(roots)
 }
 
 /// The least time left for which a request is started at all.

@@ -60,11 +60,8 @@ impl Outbox {
             }));
         };
         let secret = Secret::from_file(&c.secret_file)?;
-        let client = match &c.ca_file {
-            Some(ca) => CoordinatorClient::with_ca_file(&c.url, secret, c.timeout.get(), ca)?,
-            None => CoordinatorClient::new(&c.url, secret, c.timeout.get())
-                .context("cannot build the coordinator HTTP client")?,
-        };
+        let client = CoordinatorClient::from_config(c, secret)
+            .context("cannot build the coordinator HTTP client")?;
         Ok(Arc::new(Outbox {
             spool: Some(Spool::open(&config.state_dir)?),
             client: Some(client),
