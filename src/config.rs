@@ -408,6 +408,13 @@ impl Config {
             Some(n) => n,
             None => short_hostname(),
         };
+        if let Some(problem) = crate::lease::record::node_name_problem(&node_name) {
+            return Err(invalid(
+                "node_name",
+                problem,
+                "set node_name to the node's host name as the batch system knows it",
+            ));
+        }
         let lease = resolve_lease(raw.lease, o, &invalid)?;
         let host = resolve_host(raw.host, o, &invalid)?;
         let url = o.coordinator_url.clone().or(raw.coordinator.url.clone());

@@ -129,7 +129,9 @@ fn reserved_starts_the_templates_with_lease_metadata_and_the_end_retires_them() 
     let tiny = template(dir.path(), "tiny.xml", "131072");
     // 4 GiB: more than the lease below has.
     let big = template(dir.path(), "big.xml", "4194304");
-    let coord = Coord::start(&format!("[guests]\ntemplates = [\"{tiny}\", \"{big}\"]\n"));
+    let coord = Coord::start(&format!(
+        "[guests]\ntemplates = [\"{tiny}\", \"{big}\"]\nallowed_uris = [\"qemu:///system\"]\n"
+    ));
     let lease = format!("e2e-g-{}", std::process::id());
     let _domains = Domains(vec![format!("tiny-{lease}-"), format!("big-{lease}-")]);
     let http = Http::new();
@@ -219,7 +221,9 @@ fn the_end_of_a_lease_stops_its_running_guests_and_a_late_reserved_starts_none()
     let _lock = libvirt_lock(false);
     let dir = tempfile::tempdir().unwrap();
     let tiny = template(dir.path(), "tiny.xml", "131072");
-    let coord = Coord::start(&format!("[guests]\ntemplates = [\"{tiny}\"]\n"));
+    let coord = Coord::start(&format!(
+        "[guests]\ntemplates = [\"{tiny}\"]\nallowed_uris = [\"qemu:///system\"]\n"
+    ));
     let lease = format!("e2e-end-{}", std::process::id());
     let late = format!("e2e-late-{}", std::process::id());
     let _domains = Domains(vec![format!("tiny-{lease}-"), format!("tiny-{late}-")]);
@@ -309,7 +313,7 @@ fn a_pilot_submitted_through_the_api_gets_its_guest_and_gives_the_node_back_on_s
     // (~1.4 s, more on a loaded machine) in the guests' share of it.
     let coord = Coord::start(&format!(
         "[pool]\nbatch_system = \"slurm\"\nsubmit_script = \"{}\"\nmemory = \"1G\"\ncpus = 1\ntime = \"5\"\n\
-         grace = \"4s\"\nnode_config = \"{}\"\noutput = \"{}\"\n\n[guests]\ntemplates = [\"{tiny}\"]\n",
+         grace = \"4s\"\nnode_config = \"{}\"\noutput = \"{}\"\n\n[guests]\ntemplates = [\"{tiny}\"]\nallowed_uris = [\"qemu:///system\"]\n",
         submit.display(),
         node_config.display(),
         dir.path().join("job-%j.out").display(),

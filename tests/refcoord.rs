@@ -1250,3 +1250,94 @@ fn the_openapi_file_covers_every_route_and_its_schemas_exist() {
         schema(name);
     }
 }
+
+/// A program that leaves a mark when run: the stand-in for "a program of the sender's
+/// choosing ran on the coordinator".
+fn marker_program(dir: &Path) -> (PathBuf, PathBuf) {
+    let mark = dir.join("it-ran");
+    let prog = dir.join("prog");
+    std::fs::write(
+        &prog,
+        format!("#!/bin/sh\ntouch {}\nsleep 1\n", mark.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (prog, mark)
+}
+
+fn hostile_reserved(node: &str, uri: &str) -> Value {
+    let deadline = (time::OffsetDateTime::now_utc() + Duration::from_secs(3600))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    json!({
+        "protocol": 1, "event_id": uuid::Uuid::new_v4().to_string(), "type": "reserved",
+        "lease_id": "hostile", "epoch": 1, "seq": 0, "node": node, "job_id": null,
+        "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+        "memory_mib": 1024, "cpus": 1, "deadline": deadline, "grace_secs": 5,
+        "hypervisor": {"backend": "libvirt", "uri": uri}
+    })
+}
+
+const TINY_DOMAIN: &str = "<domain type='qemu'><name>tiny</name><memory unit='KiB'>131072</memory><os><type>hvm</type></os></domain>";
+
+#[test]
+fn the_coordinator_never_opens_a_uri_a_pilot_chose() {
+    let work = tempfile::tempdir().unwrap();
+    let (prog, mark) = marker_program(work.path());
+    let template = work.path().join("tiny.xml");
+    std::fs::write(&template, TINY_DOMAIN).unwrap();
+    let http = Http::new();
+
+    // The pilot-reported URI, with no allow-list: never opened.
+    let coord = Coord::start(&format!(
+        "[guests]\ntemplates = [\"{}\"]\n",
+        template.display()
+    ));
+    let uri = format!("qemu+ext:///system?command={}", prog.display());
+    let (status, body) = http.post_event(&coord.url, &hostile_reserved("n1", &uri));
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!mark.exists(), "the coordinator ran the pilot's program");
+    assert!(
+        coord.log().contains("allowed_uris"),
+        "says why no guest started: {}",
+        coord.log()
+    );
+    drop(coord);
+
+    // A node name spliced into the configured pattern: the event is refused.
+    let coord = Coord::start(&format!(
+        "[guests]\ntemplates = [\"{}\"]\nuri = \"qemu+ssh://root@{{node}}/system\"\n",
+        template.display()
+    ));
+    let node = format!("x/system?command={}&a=", prog.display());
+    let (status, body) = http.post_event(&coord.url, &hostile_reserved(&node, "qemu:///system"));
+    assert!(
+        (400..500).contains(&status) && body.to_string().contains("host name"),
+        "{status} {body}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!mark.exists(), "the coordinator ran the pilot's program");
+
+    // An allow-list may not hold a URI that runs programs either.
+    let config = work.path().join("bad.toml");
+    write_private(&work.path().join("secret"), SECRET);
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nsecret_files = [\"secret\"]\n[guests]\ntemplates = [\"{}\"]\nallowed_uris = [\"{uri}\"]\n",
+            template.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("guests.allowed_uris"), "{err}");
+}

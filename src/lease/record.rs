@@ -74,6 +74,35 @@ impl fmt::Display for LeaseId {
     }
 }
 
+/// Why a node name is refused, if it is: a node name is a host name (letters, digits,
+/// `-` and `_`, in dot-separated labels of 1 to 63 characters, at most 253 in all, no
+/// label starting or ending with `-`). The coordinator puts node names into libvirt URIs
+/// and file names and shows them on its page; anything else could change what they mean.
+pub fn node_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 253 {
+        return Some(format!(
+            "is {} characters; a host name has 1 to 253",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Some(format!(
+                "{:?} is not a host name (letters, digits, `-`, `_` and dots only)",
+                name.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    None
+}
+
 /// One step of a lease's history, kept in the record for post-mortems.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct HistoryEntry {

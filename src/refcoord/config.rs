@@ -18,7 +18,8 @@
 //!
 //! [guests]                  # started on every reserved libvirt lease
 //! templates = ["/etc/vmpilot/guests/small.xml"]
-//! uri = "qemu+ssh://root@{node}/system"   # default: the URI the pilot reports
+//! uri = "qemu+ssh://root@{node}/system"   # or, with the coordinator on the node:
+//! # allowed_uris = ["qemu:///system"]     # reported URIs it may open, exactly
 //!
 //! [tls]                     # serve HTTPS (rustls) instead of plain HTTP
 //! cert_file = "/etc/vmpilot/coordinator.crt"
@@ -117,6 +118,7 @@ pub struct RawConfig {
 struct RawGuests {
     templates: Vec<PathBuf>,
     uri: Option<String>,
+    allowed_uris: Vec<String>,
 }
 
 /// `[tls]` as written.
@@ -481,9 +483,29 @@ fn resolve_guests(raw: RawGuests, path: &Path) -> Result<GuestsConfig, ConfigErr
             "write e.g. \"qemu+ssh://root@{node}/system\"; {node} is replaced by the node name",
         ));
     }
+    if let Some(uri) = &raw.uri
+        && let Some(problem) =
+            crate::refcoord::guests::libvirt_uri_problem(&uri.replace("{node}", "node"))
+    {
+        return Err(invalid(
+            "guests.uri",
+            problem,
+            "write e.g. \"qemu+ssh://root@{node}/system\", with no ?parameters and not the ext transport",
+        ));
+    }
+    for uri in &raw.allowed_uris {
+        if let Some(problem) = crate::refcoord::guests::libvirt_uri_problem(uri) {
+            return Err(invalid(
+                "guests.allowed_uris",
+                problem,
+                "list exact node-local URIs such as \"qemu:///system\"",
+            ));
+        }
+    }
     Ok(GuestsConfig {
         templates,
         uri: raw.uri,
+        allowed_uris: raw.allowed_uris,
     })
 }
 

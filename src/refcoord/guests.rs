@@ -46,17 +46,76 @@ pub struct Template {
 pub struct GuestsConfig {
     /// Started, in order, for every lease whose pilot reports a libvirt host.
     pub templates: Vec<Template>,
-    /// The libvirt URI to reach a node, with `{node}` replaced by the node name; `None`
-    /// uses the URI the pilot reported (right when the coordinator runs on the node).
+    /// The libvirt URI to reach a node, with `{node}` replaced by the node name
+    /// (percent-encoded); `None`: the URI the pilot reported, if it is one of
+    /// `allowed_uris`.
     pub uri: Option<String>,
+    /// The exact URIs a pilot may report for the coordinator to open (e.g.
+    /// `qemu:///system` when the coordinator runs on the node). A pilot's report is
+    /// untrusted: libvirt's `ext` transport or a `command=` parameter would run a program
+    /// of its choosing here. Empty: no reported URI is ever opened.
+    pub allowed_uris: Vec<String>,
 }
 
+/// Why a libvirt URI is refused, if it is: one that runs a program (the `ext` transport)
+/// or carries a query (`?command=`, `?socket=`, `?netcat=`… choose programs and paths) or
+/// a fragment.
+pub fn libvirt_uri_problem(uri: &str) -> Option<String> {
+    let Ok(parsed) = url::Url::parse(uri) else {
+        return Some(format!("`{}` is not a URI", uri.escape_debug()));
+    };
+    let transport = parsed.scheme().split_once('+').map(|(_, t)| t);
+    if transport == Some("ext") {
+        return Some(format!(
+            "`{}` uses libvirt's `ext` transport, which runs a program",
+            uri.escape_debug()
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Some(format!(
+            "`{}` has a query or fragment; its parameters can name programs and sockets",
+            uri.escape_debug()
+        ));
+    }
+    None
+}
+
+/// Characters of a node name left as they are in a URI: RFC 3986's unreserved ones.
+const URI_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 impl GuestsConfig {
-    /// The URI to reach `node`, whose pilot reported `reported`.
-    pub fn uri_for(&self, node: &str, reported: Option<&str>) -> Option<String> {
-        match &self.uri {
-            Some(pattern) => Some(pattern.replace("{node}", node)),
-            None => reported.map(str::to_string),
+    /// The URI to reach `node`, whose pilot reported `reported`, or why there is none.
+    pub fn uri_for(&self, node: &str, reported: Option<&str>) -> Result<String, String> {
+        let uri = match &self.uri {
+            Some(pattern) => {
+                if let Some(problem) = crate::lease::record::node_name_problem(node) {
+                    return Err(format!("node {problem}"));
+                }
+                let encoded = percent_encoding::utf8_percent_encode(node, URI_UNRESERVED);
+                pattern.replace("{node}", &encoded.to_string())
+            }
+            None => {
+                let Some(reported) = reported else {
+                    return Err(
+                        "the pilot reports no libvirt URI and [guests] uri is not set".into(),
+                    );
+                };
+                if !self.allowed_uris.iter().any(|a| a == reported) {
+                    return Err(format!(
+                        "the pilot reports the URI `{}`, which is not in [guests] allowed_uris",
+                        reported.escape_debug()
+                    ));
+                }
+                reported.to_string()
+            }
+        };
+        match libvirt_uri_problem(&uri) {
+            Some(problem) => Err(problem),
+            None => Ok(uri),
         }
     }
 }
@@ -458,9 +517,12 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
                 tracing::info!(%lease, epoch, %node, backend = ?hv.map(|h| &h.backend), "no guests started: the pilot does not report a libvirt host");
                 return;
             }
-            let Some(uri) = config.uri_for(&node, hv.and_then(|h| h.uri.as_deref())) else {
-                tracing::warn!(%lease, epoch, %node, "no guests started: the pilot reports no libvirt URI and [guests] uri is not set");
-                return;
+            let uri = match config.uri_for(&node, hv.and_then(|h| h.uri.as_deref())) {
+                Ok(uri) => uri,
+                Err(why) => {
+                    tracing::warn!(%lease, epoch, %node, "no guests started: {why}");
+                    return;
+                }
             };
             let memory_mib = *memory_mib;
             state.tasks.push(tokio::spawn(async move {
@@ -665,20 +727,52 @@ mod tests {
     }
 
     #[test]
-    fn the_uri_comes_from_the_pattern_or_the_pilot() {
+    fn the_uri_comes_from_the_pattern_or_an_allowed_report() {
         let mut c = GuestsConfig {
             templates: vec![],
             uri: None,
+            allowed_uris: vec!["qemu:///system".into()],
         };
         assert_eq!(
             c.uri_for("n1", Some("qemu:///system")).as_deref(),
-            Some("qemu:///system")
+            Ok("qemu:///system")
         );
-        assert_eq!(c.uri_for("n1", None), None);
+        assert!(c.uri_for("n1", None).is_err());
+        // What a hostile pilot reports is never opened unless allowed, exactly.
+        for hostile in [
+            "qemu+ext:///system?command=/tmp/prog",
+            "qemu:///system?socket=/tmp/s",
+            "qemu:///session",
+            "qemu:///system/",
+        ] {
+            let e = c.uri_for("n1", Some(hostile)).unwrap_err();
+            assert!(e.contains("allowed_uris"), "{hostile}: {e}");
+        }
+        c.allowed_uris
+            .push("qemu+ext:///system?command=/tmp/prog".into());
+        assert!(
+            c.uri_for("n1", Some("qemu+ext:///system?command=/tmp/prog"))
+                .unwrap_err()
+                .contains("ext")
+        );
         c.uri = Some("qemu+ssh://root@{node}/system".into());
         assert_eq!(
             c.uri_for("n1", Some("qemu:///system")).as_deref(),
-            Some("qemu+ssh://root@n1/system")
+            Ok("qemu+ssh://root@n1/system")
         );
+        // A node name that would splice a query into the pattern is refused.
+        for node in ["x/system?command=PROG&a=", "x y", "-x", "a..b", ""] {
+            assert!(c.uri_for(node, None).is_err(), "{node:?}");
+        }
+    }
+
+    #[test]
+    fn libvirt_uris_that_run_programs_are_refused() {
+        assert!(libvirt_uri_problem("qemu:///system").is_none());
+        assert!(libvirt_uri_problem("qemu+ssh://root@n1/system").is_none());
+        assert!(libvirt_uri_problem("qemu+ext:///system").is_some());
+        assert!(libvirt_uri_problem("qemu+ssh://n1/system?command=x").is_some());
+        assert!(libvirt_uri_problem("qemu:///system#x").is_some());
+        assert!(libvirt_uri_problem("not a uri").is_some());
     }
 }

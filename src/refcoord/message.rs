@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::lease::record::LeaseId;
+use crate::lease::record::{LeaseId, node_name_problem};
 
 /// Protocol versions this coordinator accepts.
 pub const SUPPORTED_PROTOCOLS: [u64; 1] = [1];
@@ -220,8 +220,8 @@ pub fn parse_event(body: &[u8]) -> Result<IncomingEvent, MessageError> {
             "`event_id` must be 1 to {MAX_EVENT_ID} characters"
         )));
     }
-    if event.node.is_empty() {
-        return Err(MessageError::Invalid("`node` is empty".into()));
+    if let Some(problem) = node_name_problem(&event.node) {
+        return Err(MessageError::Invalid(format!("`node` {problem}")));
     }
     Ok(event)
 }
