@@ -1341,3 +1341,93 @@ fn the_coordinator_never_opens_a_uri_a_pilot_chose() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("guests.allowed_uris"), "{err}");
 }
+
+#[test]
+fn per_node_keys_sign_for_their_own_node_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_private(&dir.join("master"), "node-master-secret-0123456789abcdef");
+    std::fs::write(
+        dir.join("coordinator.toml"),
+        "listen = \"127.0.0.1:0\"\ndatabase = \"coord.db\"\nnode_master_secret_files = [\"master\"]\n",
+    )
+    .unwrap();
+    let derive = |node: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+            .arg("--config")
+            .arg(dir.join("coordinator.toml"))
+            .args(["--node-secret", node])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (key_a, key_b) = (derive("node-a"), derive("node-b"));
+    assert_ne!(key_a, key_b);
+    let coord = Coord::spawn(dir);
+    let http = Http::new();
+    let post = |e: &Value, key: &str| {
+        let body = serde_json::to_vec(e).unwrap();
+        http.post_raw(
+            &coord.url,
+            &body,
+            Some(sign(&Secret::new(key), now(), &body)),
+        )
+    };
+    // node-a's key signs node-a's events...
+    let (status, body) = post(&event("reserved", "pk", 1, 0, json!({})), &key_a);
+    assert_eq!(status, 200, "{body}");
+    // ...but not node-b's, nor the shared secret of other sites' tests.
+    let mut as_b = event("heartbeat", "pk2", 1, 0, json!({}));
+    as_b["node"] = "node-b".into();
+    let (status, body) = post(&as_b, &key_a);
+    assert_eq!(status, 401, "one node signed as another: {body}");
+    let (status, _) = post(&as_b, &key_b);
+    assert_eq!(status, 200);
+    let (status, _) = post(&event("heartbeat", "pk3", 1, 0, json!({})), SECRET);
+    assert_eq!(status, 401, "no shared secret is configured");
+    // A header flooded with MAC values is refused as malformed, not checked value by value.
+    let body = serde_json::to_vec(&event("heartbeat", "pk4", 1, 0, json!({}))).unwrap();
+    let flood = format!("t={}{}", now(), ",v1=".repeat(100_000));
+    let (status, reply) = http.post_raw(&coord.url, &body, Some(flood));
+    assert!(
+        status == 401 || status == 431 || status == 400,
+        "{status} {reply}"
+    );
+    let (status, _) = http.get(&format!("{}/healthz", coord.url));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_pilot_with_its_node_key_reaches_the_coordinator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_private(&dir.join("master"), "node-master-secret-0123456789abcdef");
+    std::fs::write(
+        dir.join("coordinator.toml"),
+        "listen = \"127.0.0.1:0\"\ndatabase = \"coord.db\"\nnode_master_secret_files = [\"master\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        .arg("--config")
+        .arg(dir.join("coordinator.toml"))
+        .args(["--node-secret", "testnode"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let coord = Coord::spawn(dir);
+    let node = common::Node::with_coordinator(&coord.url, &key, "");
+    let out = node.run_short_lease("nk");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(
+        node.spooled(),
+        0,
+        "every event acknowledged (replies verified with the node key)"
+    );
+    let (_, lease) = Http::new().get(&format!("{}/v1/leases/nk", coord.url));
+    assert_eq!(lease["state"], "unreserved", "{lease}");
+}

@@ -20,6 +20,10 @@ struct Args {
     /// Validate the config (secrets, token, pool) and exit without serving.
     #[arg(long)]
     check_config: bool,
+    /// Print the secret of node NODE, derived from the first of `node_master_secret_files`,
+    /// for that node's `coordinator.secret_file`, and exit.
+    #[arg(long, value_name = "NODE")]
+    node_secret: Option<String>,
 }
 
 /// Exit statuses: 0 stopped cleanly, 1 failed while running, 2 unusable config.
@@ -42,6 +46,24 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(node) = &args.node_secret {
+        if let Some(problem) = vmpilot::lease::record::node_name_problem(node) {
+            eprintln!("vmpilot-coordinator: --node-secret: the node name {problem}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        let Some(master) = config.node_masters.first() else {
+            eprintln!(
+                "vmpilot-coordinator: --node-secret needs `node_master_secret_files` in {}\n\nhint: generate a master with `openssl rand -hex 32`, list it there (mode 0600)",
+                config.source.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        println!(
+            "{}",
+            vmpilot::coordinator::signature::node_secret_text(master, node)
+        );
+        return ExitCode::SUCCESS;
+    }
     if args.check_config {
         println!(
             "config {} is valid: listen {} ({}), database {}, {} secret(s), operator endpoints {}, pool {}, {} guest template(s)",

@@ -180,12 +180,21 @@ pub fn verify_which<'a>(
     now: i64,
     window: i64,
 ) -> Result<&'a Secret, SignatureError> {
+    // Bounded before any work: an unauthenticated header costs at most MAX_MACS
+    // comparisons per secret, and the body is hashed once per secret.
+    if header.len() > MAX_HEADER_LEN {
+        return Err(SignatureError::Malformed);
+    }
     let mut t = None;
     let mut macs = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v1", v)) => macs.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?),
+            Some(("t", v)) if t.is_none() => {
+                t = Some(v.parse::<i64>().map_err(|_| SignatureError::Malformed)?)
+            }
+            Some(("v1", v)) if macs.len() < MAX_MACS && v.len() == MAC_HEX_LEN => {
+                macs.push(hex::decode(v).map_err(|_| SignatureError::Malformed)?)
+            }
             _ => return Err(SignatureError::Malformed),
         }
     }
@@ -197,22 +206,95 @@ pub fn verify_which<'a>(
         return Err(SignatureError::Stale { t, now, window });
     }
     for secret in secrets {
-        for given in &macs {
-            let mut mac = secret.mac();
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            if mac.verify_slice(given).is_ok() {
-                return Ok(secret);
-            }
+        let mut mac = secret.mac();
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        // The body is hashed once; each candidate is checked against a copy of that state
+        // (constant-time, `verify_slice`).
+        if macs
+            .iter()
+            .any(|given| mac.clone().verify_slice(given).is_ok())
+        {
+            return Ok(secret);
         }
     }
     Err(SignatureError::Mismatch)
 }
 
+/// The longest signature header accepted: `t=` and two `v1=` values fit in 200 bytes.
+pub const MAX_HEADER_LEN: usize = 512;
+
+/// The most `v1=` values in one header: two cover a rotation.
+pub const MAX_MACS: usize = 4;
+
+/// A `v1=` value is a hex HMAC-SHA256: 64 characters.
+const MAC_HEX_LEN: usize = 64;
+
+/// The secret of node `node` under the site's node master secret: per-node keys, so that
+/// one node's secret cannot sign as another node. `HMAC-SHA256(master, "vmpilot node key
+/// v1\n" + node)`, hex: what goes into that node's `coordinator.secret_file`
+/// (`vmpilot-coordinator --node-secret NODE` prints it). The coordinator derives the
+/// same key from the `node` an event claims, so only that node's key verifies it.
+pub fn node_secret(master: &Secret, node: &str) -> Secret {
+    let mut mac = master.mac();
+    mac.update(b"vmpilot node key v1\n");
+    mac.update(node.as_bytes());
+    Secret(hex::encode(mac.finalize().into_bytes()).into_bytes())
+}
+
+/// A node secret as text, to print for the node's secret file.
+pub fn node_secret_text(master: &Secret, node: &str) -> String {
+    String::from_utf8(node_secret(master, node).0).expect("hex is ASCII")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_bounded_before_any_mac_is_computed() {
+        let secret = Secret::new("bounded-secret-0123456789");
+        let good = sign(&secret, 1000, b"body");
+        assert!(verify(std::slice::from_ref(&secret), &good, b"body", 1000, 10).is_ok());
+        let zeros = "0".repeat(64);
+        let many = format!("t=1000{}", format!(",v1={zeros}").repeat(100_000));
+        assert_eq!(
+            verify(std::slice::from_ref(&secret), &many, b"body", 1000, 10),
+            Err(SignatureError::Malformed)
+        );
+        let five = format!("t=1000{}", format!(",v1={zeros}").repeat(5));
+        assert_eq!(
+            verify(std::slice::from_ref(&secret), &five, b"body", 1000, 10),
+            Err(SignatureError::Malformed)
+        );
+        for bad in ["t=1000,v1=", "t=1000,v1=abc", "t=1,t=2,v1=00", "t=x,v1=00"] {
+            assert_eq!(
+                verify(std::slice::from_ref(&secret), bad, b"body", 1000, 10),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
+        }
+        // Rotation: the good MAC among others still verifies.
+        let mac = good.split_once(",v1=").unwrap().1;
+        let rotated = format!("t=1000,v1={zeros},v1={mac}");
+        assert!(verify(std::slice::from_ref(&secret), &rotated, b"body", 1000, 10).is_ok());
+    }
+
+    #[test]
+    fn node_secrets_differ_per_node_and_master() {
+        let m = Secret::new("master-secret-0123456789");
+        let a = node_secret(&m, "n1");
+        assert_eq!(a, node_secret(&m, "n1"));
+        assert_ne!(a, node_secret(&m, "n2"));
+        assert_ne!(
+            a,
+            node_secret(&Secret::new("other-master-0123456789"), "n1")
+        );
+        assert_eq!(node_secret_text(&m, "n1").len(), 64);
+        let h = sign(&a, 5, b"x");
+        assert!(verify(&[node_secret(&m, "n2")], &h, b"x", 5, 1).is_err());
+    }
 
     #[test]
     fn known_answer() {

@@ -29,7 +29,7 @@ use super::pool::SubmitRequest;
 use super::query;
 use super::web;
 use crate::coordinator::signature::{
-    SIGNATURE_HEADER, Secret, SignatureError, sign, sign_reply, verify, verify_which,
+    SIGNATURE_HEADER, Secret, SignatureError, node_secret, sign, sign_reply, verify, verify_which,
 };
 
 /// The routes, with the body limit applied to every request.
@@ -137,7 +137,22 @@ async fn post_event(
             )
         })?;
     let window = state.config.replay_window.as_secs() as i64;
-    let secret = verify_which(&state.config.secrets, signature, &body, unix_now(), window).map_err(|e| {
+    // The node the event claims, read leniently before it is authenticated (bounded by
+    // max_body_bytes), only to derive that node's key: with per-node keys, only the
+    // claimed node's secret verifies it.
+    let claimed = claimed_node(&body);
+    let mut candidates = state.config.secrets.clone();
+    let shared = candidates.len();
+    if let Some(node) = &claimed {
+        candidates.extend(
+            state
+                .config
+                .node_masters
+                .iter()
+                .map(|m| node_secret(m, node)),
+        );
+    }
+    let verified = verify_which(&candidates, signature, &body, unix_now(), window).map_err(|e| {
         tracing::warn!("refused an event: {e}");
         let hint = match e {
             SignatureError::Stale { .. } => "; check the clocks of the node and the coordinator",
@@ -153,6 +168,20 @@ async fn post_event(
         }
         err
     })?;
+    // A per-node key vouches for one node only: the event's own `node` must be the one
+    // the key was derived for.
+    let by_node_key = candidates
+        .iter()
+        .position(|c| std::ptr::eq(c, verified))
+        .is_some_and(|i| i >= shared);
+    if by_node_key && claimed.as_deref() != Some(event.node.as_str()) {
+        tracing::warn!("refused an event whose node does not match the key that signed it");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "signature does not match the event's node",
+        ));
+    }
+    let secret = verified.clone();
     // parse_event accepted it as JSON, so it is UTF-8.
     let text = String::from_utf8_lossy(&body).into_owned();
     let reply = state.db.ingest(event.clone(), text).await?;
@@ -162,7 +191,7 @@ async fn post_event(
     // Signed with the secret the pilot used, over its request's signature: see
     // `coordinator::signature`.
     let bytes = serde_json::to_vec(&reply).expect("a reply serializes");
-    let reply_signature = sign_reply(secret, unix_now(), signature, &bytes);
+    let reply_signature = sign_reply(&secret, unix_now(), signature, &bytes);
     Ok((
         [
             (header::CONTENT_TYPE, "application/json".to_string()),
@@ -411,4 +440,17 @@ async fn submit_pilots(
             Err(err)
         }
     }
+}
+
+/// The `node` an event body claims, if it names a valid host name; read before the body
+/// is authenticated, so nothing else is taken from it.
+fn claimed_node(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        node: String,
+    }
+    let claim: Claim = serde_json::from_slice(body).ok()?;
+    crate::lease::record::node_name_problem(&claim.node)
+        .is_none()
+        .then_some(claim.node)
 }

@@ -103,6 +103,7 @@ pub struct RawConfig {
     listen: Option<String>,
     database: Option<PathBuf>,
     secret_files: Vec<PathBuf>,
+    node_master_secret_files: Vec<PathBuf>,
     admin_token_file: Option<PathBuf>,
     replay_window: Option<units::Duration>,
     max_body_bytes: Option<usize>,
@@ -179,8 +180,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// SQLite database file.
     pub database: PathBuf,
-    /// Accepted signing secrets (one, or two during a rotation).
+    /// Accepted shared signing secrets (one, or two during a rotation): any node may sign
+    /// as any node with them.
     pub secrets: Vec<Secret>,
+    /// Node master secrets (one, or two during a rotation): an event claiming node N
+    /// verifies only with N's key derived from one of them
+    /// ([`crate::coordinator::signature::node_secret`]).
+    pub node_masters: Vec<Secret>,
     /// Bearer token for the operator endpoints; `None` disables them.
     pub admin_token: Option<Secret>,
     /// Accepted distance between a signature's timestamp and our clock.
@@ -275,25 +281,30 @@ impl RawConfig {
                 "write e.g. \"127.0.0.1:8750\" (a host name is not accepted)",
             )
         })?;
-        if self.secret_files.is_empty() || self.secret_files.len() > 2 {
+        let too_many = self.secret_files.len() > 2 || self.node_master_secret_files.len() > 2;
+        if too_many || (self.secret_files.is_empty() && self.node_master_secret_files.is_empty()) {
             return Err(invalid(
                 "secret_files",
                 format!(
-                    "lists {} files; one or two are needed",
-                    self.secret_files.len()
+                    "lists {} file(s) and node_master_secret_files {}; one or two of either (or both) are needed",
+                    self.secret_files.len(),
+                    self.node_master_secret_files.len()
                 ),
-                "list the site's shared secret; during a rotation, the new and the old one",
+                "list the site's shared secret, or node master secrets for per-node keys; during a rotation, the new and the old one",
             ));
         }
-        let secrets = self
-            .secret_files
-            .iter()
-            .map(|f| Secret::from_file(&resolve_path(path, f)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ConfigError::Secret {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let read = |files: &[PathBuf]| {
+            files
+                .iter()
+                .map(|f| Secret::from_file(&resolve_path(path, f)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| ConfigError::Secret {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let secrets = read(&self.secret_files)?;
+        let node_masters = read(&self.node_master_secret_files)?;
         let admin_token = match &self.admin_token_file {
             Some(f) => Some(read_admin_token(path, &resolve_path(path, f))?),
             None => None,
@@ -346,6 +357,7 @@ impl RawConfig {
                 |d| resolve_path(path, &d),
             ),
             secrets,
+            node_masters,
             admin_token,
             replay_window,
             max_body_bytes,
