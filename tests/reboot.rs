@@ -201,8 +201,15 @@ fn node_reboots_recover_before_slurmd_and_drain_on_orderly_shutdown() {
 
     // The node's disk, driven from the host with the same simulated host before it boots.
     let host = Node::new("");
-    std::os::unix::fs::symlink(Path::new(NODEFS).join("var/lib/vmpilot"), host.state_dir())
-        .unwrap();
+    // vmpilot refuses a state directory that is a symlink (docs/security.md): its config
+    // names the real directory; the symlink only serves this test's own reads.
+    let real_state = Path::new(NODEFS).join("var/lib/vmpilot");
+    std::os::unix::fs::symlink(&real_state, host.state_dir()).unwrap();
+    let text = std::fs::read_to_string(&host.config).unwrap().replace(
+        &format!("state_dir = \"{}\"", host.state_dir().display()),
+        &format!("state_dir = \"{}\"", real_state.display()),
+    );
+    std::fs::write(&host.config, text).unwrap();
 
     // ---- the previous boot crashed with leases in several states
     host.add_guest("bystander", None, &[]);
