@@ -1,30 +1,10 @@
-//! Durable, private files: the only way vmpilot writes state.
-//!
-//! A state file must never be seen half-written, and a write that returned must survive a
-//! power loss: write a temp file beside the target, fsync it, rename it over the target,
-//! then fsync the directory so the rename itself is durable. Files are 0600 and
-//! directories 0700: lease records and spooled events are nobody else's business.
+//! Private directories outside the state directory (e.g. Xen's save directory, named by
+//! root-owned config). Everything under the state directory goes through
+//! [`crate::safe_dir`], which also writes files atomically and durably.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-
-/// Atomically replace `path` with `bytes` (mode 0600), durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // tempfile creates the file with O_EXCL and mode 0600.
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-/// fsync a directory so that renames and unlinks in it are durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
 
 /// Create `dir` (and parents) as 0700 if missing; tighten it if others can write to it.
 pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -39,34 +19,9 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Open (creating 0600) a file for appending, e.g. the log file.
-pub fn open_private_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn atomic_write_replaces_and_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "temp files left behind");
-    }
 
     #[test]
     fn private_dir_is_created_and_tightened() {

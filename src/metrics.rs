@@ -127,7 +127,7 @@ pub fn failure_counts(leases: &[LeaseRecord]) -> BTreeMap<String, u64> {
 }
 
 /// Atomically replace `path` with `bytes`, world-readable (see the module docs for why not
-/// `fsutil::write_atomic`, which makes files 0600 and fsyncs).
+/// `SafeDir::write_atomic`, which makes files 0600 and fsyncs).
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

@@ -1342,31 +1342,42 @@ fn the_coordinator_never_opens_a_uri_a_pilot_chose() {
     assert!(err.contains("guests.allowed_uris"), "{err}");
 }
 
-#[test]
-fn per_node_keys_sign_for_their_own_node_only() {
+/// A coordinator directory with per-node keys only (a node master, no shared secret).
+fn node_key_coordinator_dir() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    write_private(&dir.join("master"), "node-master-secret-0123456789abcdef");
+    write_private(
+        &tmp.path().join("master"),
+        "node-master-secret-0123456789abcdef",
+    );
     std::fs::write(
-        dir.join("coordinator.toml"),
+        tmp.path().join("coordinator.toml"),
         "listen = \"127.0.0.1:0\"\ndatabase = \"coord.db\"\nnode_master_secret_files = [\"master\"]\n",
     )
     .unwrap();
-    let derive = |node: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-            .arg("--config")
-            .arg(dir.join("coordinator.toml"))
-            .args(["--node-secret", node])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let (key_a, key_b) = (derive("node-a"), derive("node-b"));
+    tmp
+}
+
+/// `node`'s secret, as `vmpilot-coordinator --node-secret` prints it for the config in `dir`.
+fn node_key(dir: &Path, node: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        .arg("--config")
+        .arg(dir.join("coordinator.toml"))
+        .args(["--node-secret", node])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn per_node_keys_sign_for_their_own_node_only() {
+    let tmp = node_key_coordinator_dir();
+    let dir = tmp.path();
+    let (key_a, key_b) = (node_key(dir, "node-a"), node_key(dir, "node-b"));
     assert_ne!(key_a, key_b);
     let coord = Coord::spawn(dir);
     let http = Http::new();
@@ -1404,21 +1415,9 @@ fn per_node_keys_sign_for_their_own_node_only() {
 
 #[test]
 fn a_pilot_with_its_node_key_reaches_the_coordinator() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = node_key_coordinator_dir();
     let dir = tmp.path();
-    write_private(&dir.join("master"), "node-master-secret-0123456789abcdef");
-    std::fs::write(
-        dir.join("coordinator.toml"),
-        "listen = \"127.0.0.1:0\"\ndatabase = \"coord.db\"\nnode_master_secret_files = [\"master\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-        .arg("--config")
-        .arg(dir.join("coordinator.toml"))
-        .args(["--node-secret", "testnode"])
-        .output()
-        .unwrap();
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = node_key(dir, "testnode");
     let coord = Coord::spawn(dir);
     let node = common::Node::with_coordinator(&coord.url, &key, "");
     let out = node.run_short_lease("nk");

@@ -154,12 +154,6 @@ impl Store {
         self.leases.join(&Self::record_name(id))
     }
 
-    /// The uid that owns a lease's record (whoever last wrote it): the account a live
-    /// pilot of that lease runs as.
-    pub fn record_owner(&self, id: &LeaseId) -> Option<u32> {
-        self.leases.owner_of(&Self::record_name(id))
-    }
-
     /// Persist a record durably (temp file, fsync, rename, fsync dir).
     pub fn save(&self, record: &LeaseRecord) -> Result<(), StoreError> {
         let name = Self::record_name(&record.lease_id);
@@ -249,11 +243,6 @@ impl Store {
     /// The node lock's path (for messages).
     pub fn node_lock_path(&self) -> PathBuf {
         self.root.join("node.lock")
-    }
-
-    /// Where a lease's lock lives (beside its record).
-    pub fn lease_lock_path(&self, id: &LeaseId) -> PathBuf {
-        self.leases.join(&Self::lock_name(id))
     }
 
     /// Take a lease's lock if it is free now. Its pilot holds it from before the record is
