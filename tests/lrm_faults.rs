@@ -1,5 +1,5 @@
 //! Batch-system failures before the pilot starts: a missing, hanging, failing or babbling
-//! `scontrol`/`qstat`. Each must give a clear error and leave the node untouched. The batch
+//! `squeue`/`qstat`. Each must give a clear error and leave the node untouched. The batch
 //! tools here are FAKES (small shell scripts written by the test), because the failure modes
 //! cannot be provoked on demand from the real Slurm; tests/slurm.rs covers the real one.
 
@@ -21,6 +21,14 @@ fn fake(dir: &Path, name: &str, body: &str) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A FAKE `squeue --json` body listing one running job `id` of `cpus` CPUs and `mem_mib`,
+/// started 5 s ago with an hour's limit (the fields the pilot reads, as Slurm 22.05 prints them).
+fn squeue_job(id: u32, cpus: u32, mem_mib: u32) -> String {
+    format!(
+        r#"now=$(/bin/date +%s); echo "{{\"jobs\": [{{\"job_id\": {id}, \"job_state\": \"RUNNING\", \"start_time\": $((now - 5)), \"time_limit\": 60, \"node_count\": 1, \"cpus\": {cpus}, \"memory_per_node\": {mem_mib}, \"nodes\": \"n1\"}}]}}""#
+    )
+}
+
 fn run_under(node: &Node, fakes: &Path, env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = node.cmd(&["run", "--memory", "512M", "--lease-id", "f"]);
     cmd.env("PATH", fakes);
@@ -33,24 +41,24 @@ fn run_under(node: &Node, fakes: &Path, env: &[(&str, &str)]) -> std::process::O
 #[test]
 fn every_batch_system_failure_is_clear_and_changes_nothing() {
     let cases: [(&str, &str, &str, &str); 5] = [
-        ("slurm", "missing", "", "`scontrol` was not found"),
+        ("slurm", "missing", "", "`squeue` was not found"),
         (
             "slurm",
-            "scontrol",
+            "squeue",
             "exec /bin/sleep 30",
             "did not finish within",
         ),
         (
             "slurm",
-            "scontrol",
-            "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",
-            "Invalid job id specified",
+            "squeue",
+            "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
+            "Unable to contact slurm controller",
         ),
         (
             "slurm",
-            "scontrol",
-            "echo 'JobId=4242 JobState=RUNNING TimeLimit=soon RunTime=00:00:01'",
-            "TimeLimit=soon",
+            "squeue",
+            r#"echo '{"jobs": [{"job_id": 4242, "job_state": "RUNNING", "time_limit": "soon"}]}'"#,
+            "soon",
         ),
         (
             "pbs",
@@ -96,11 +104,7 @@ fn a_pilot_asking_for_more_than_its_job_was_given_is_refused() {
     let node = Node::new("");
     let bin = node.dir.path().join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
-    fake(
-        &bin,
-        "scontrol",
-        "echo 'JobId=77 JobState=RUNNING RunTime=00:00:05 TimeLimit=01:00:00 NumNodes=1 NumCPUs=2 MinMemoryNode=1G NodeList=n1'",
-    );
+    fake(&bin, "squeue", &squeue_job(77, 2, 1024));
     for (args, needle) in [
         (vec!["--memory", "2G"], "more than the job's 1024 MiB"),
         (
@@ -132,11 +136,7 @@ fn sizes_that_overflow_when_added_are_refused_and_change_nothing() {
     let node = Node::new("");
     let bin = node.dir.path().join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
-    fake(
-        &bin,
-        "scontrol",
-        "echo 'JobId=78 JobState=RUNNING RunTime=00:00:05 TimeLimit=01:00:00 NumNodes=1 NumCPUs=2 MinMemoryNode=300M NodeList=n1'",
-    );
+    fake(&bin, "squeue", &squeue_job(78, 2, 300));
     // 2^64 - 16 MiB: plus 128 MiB of overhead it wraps to 112 MiB, which fits the job.
     let huge = "18446744073709551600M";
     for job in [Some("78"), None] {
@@ -208,9 +208,9 @@ fn kill_all_cluster_with_a_broken_squeue_is_clear_and_cancels_nothing() {
         (
             "babbling",
             Some(
-                "echo '12|vmpilot|vmpilot-pilot|RUNNING|n1'; echo '<html><body>502 Bad Gateway</body></html>'",
+                r#"echo '{"jobs": [{"job_id": 12, "name": "vmpilot", "comment": "vmpilot-pilot", "job_state": "RUNNING"}'; echo '<html><body>502 Bad Gateway</body></html>'"#,
             ),
-            "not a job in the format",
+            "did not print a job listing",
         ),
     ];
     for (what, body, needle) in cases {
@@ -237,7 +237,7 @@ fn kill_all_cluster_with_a_broken_squeue_is_clear_and_cancels_nothing() {
         &bin,
         "squeue",
         &format!(
-            "if [ -e {0} ]; then echo 'squeue: error: slurm_receive_msg: Socket timed out' >&2; exit 1; fi\n/usr/bin/touch {0}\necho '41|vmpilot|vmpilot-pilot|RUNNING|n1'",
+            "if [ -e {0} ]; then echo 'squeue: error: slurm_receive_msg: Socket timed out' >&2; exit 1; fi\n/usr/bin/touch {0}\necho '{{\"jobs\": [{{\"job_id\": 41, \"name\": \"vmpilot\", \"comment\": \"vmpilot-pilot\", \"job_state\": \"RUNNING\", \"nodes\": \"n1\"}}]}}'",
             listed.display()
         ),
     );

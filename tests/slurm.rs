@@ -121,6 +121,73 @@ fn a_lease_ends_on_its_own_before_walltime() {
     );
 }
 
+/// Issue #13, item 5: what a job's submitter chooses (its name, comment, working directory
+/// and output path) cannot change what the pilot reads from Slurm. `scontrol show job -o`
+/// split on blanks let `-o '... MinMemoryNode=1T TimeLimit=30-00:00:00'` override the job's
+/// real 1 GiB and 5 minutes: the pilot asked the host for 1 TiB and refused to start. Now
+/// the lease is the job's real memory and ends inside its real walltime.
+#[test]
+fn hostile_job_names_comments_and_paths_do_not_change_the_jobs_facts() {
+    if !enabled("slurm") {
+        return;
+    }
+    let _serial = serial();
+    let coordinator = TestCoordinator::start(SECRET, Mode::Accept);
+    let node = node(&coordinator, "");
+    let mut jobs = Jobs::default();
+    let injected = "MinMemoryNode=1T MinMemoryCPU=1T NumCPUs=64 TimeLimit=30-00:00:00 RunTime=00:00:00 JobId=1";
+    let workdir = node.dir.path().join(format!("work {injected}"));
+    std::fs::create_dir_all(&workdir).unwrap();
+    let out = node
+        .dir
+        .path()
+        .join(format!("job-%j {injected}.out"))
+        .display()
+        .to_string();
+    let name = format!("vmpilot {injected}");
+    let comment = format!("vmpilot-pilot|RUNNING|{injected}");
+    let chdir = workdir.display().to_string();
+    let id = submit_pilot(
+        &node,
+        &mut jobs,
+        "hostile",
+        "vmpilot.sbatch",
+        "5",
+        "1",
+        &[
+            "-J",
+            &name,
+            "--comment",
+            &comment,
+            "-D",
+            &chdir,
+            "-o",
+            &out,
+            "-e",
+            &out,
+        ],
+        &[],
+    );
+    let r = node.wait_state("hostile", "reserved");
+    assert_eq!(r["job_id"], id.as_str());
+    assert_eq!(r["memory_mib"], 1024 - 2 * 64, "the job's real memory: {r}");
+    assert_eq!(r["cpus"], 1, "the job's real CPUs: {r}");
+    let deadline = time::OffsetDateTime::parse(
+        r["deadline"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = deadline - time::OffsetDateTime::now_utc();
+    assert!(
+        left <= time::Duration::minutes(5),
+        "the lease ends inside the job's real 5 minutes, not 30 days: {left}"
+    );
+    sh("scancel", &[&id]);
+    wait_done(&id, Duration::from_secs(60));
+    assert_eq!(node.record("hostile").unwrap()["state"], "unreserved");
+    assert!(node.reservations().is_empty());
+}
+
 #[test]
 fn scancel_while_reserved_restores_the_node_within_killwait() {
     if !enabled("slurm") {
@@ -472,8 +539,36 @@ fn kill_all_cluster_cancels_every_pilot_job_and_only_pilot_jobs() {
         ],
         &[],
     ));
+    // Issue #13, item 5: a job whose name and comment carry `squeue -o` separators used to
+    // make every `kill-all --cluster` fail ("not a job in the format"). It must neither
+    // break the listing nor be taken for a pilot.
+    let hostile = jobs.add(&sbatch(
+        &[
+            "-J",
+            "vmpilot|vmpilot-pilot|RUNNING|vm",
+            "--comment",
+            "vmpilot-pilot|x",
+            // On the second node: the first has two CPUs, for the pilot and the decoy.
+            "-p",
+            "pair",
+            "-w",
+            "n2",
+            "-t",
+            "2",
+            "-c",
+            "1",
+            "--mem",
+            "100M",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            "sleep 60",
+        ],
+        &[],
+    ));
     node.wait_state("c1", "reserved");
     wait_running(&decoy);
+    wait_running(&hostile);
     let out = node.run(&["kill-all", "--cluster", "--yes", "--reason", "maintenance"]);
     assert!(
         out.status.success(),
@@ -495,6 +590,15 @@ fn kill_all_cluster_cancels_every_pilot_job_and_only_pilot_jobs() {
         common::slurm::job(&decoy)["JobState"],
         "RUNNING",
         "the decoy was cancelled"
+    );
+    assert!(
+        !table.contains(&hostile),
+        "a job named like a pilot line was listed: {table}"
+    );
+    assert_eq!(
+        common::slurm::job(&hostile)["JobState"],
+        "RUNNING",
+        "the job with a hostile name was cancelled"
     );
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::squeue_json;
 use crate::exec::{self, ExecError};
 
 /// The job name the scripts give pilots.
@@ -52,48 +53,40 @@ pub enum ClusterError {
     /// The batch system's command failed, hung or is missing.
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// It answered, but not in the asked-for format: reading it anyway could miss pilots.
+    /// It answered, but not with the listing asked for: reading it anyway could miss pilots.
     #[error(
-        "`{program}` printed a line that is not a job in the format vmpilot asked for: {line:?}\n\nhint: run `{program} -h -o '%i|%j|%k|%T|%N'` by hand; a site wrapper or a changed output format must not alter it"
+        "`{command}` did not print a job listing: {detail}\n\nhint: run `{command}` by hand; vmpilot needs Slurm 21.08 or later with its JSON serializer, and a site wrapper must not alter the output"
     )]
     Unreadable {
         /// The command.
-        program: &'static str,
-        /// The line.
-        line: String,
+        command: &'static str,
+        /// What was wrong.
+        detail: String,
     },
 }
 
-/// Parse `squeue -h -o '%i|%j|%k|%T|%N'`: pilots are the jobs with the pilots' name AND
-/// comment. A line that is not a job in that format is an error, not skipped: silently
-/// reading garbage as "no pilots" would tell an admin the cluster is clear when it is not.
-pub fn parse_squeue(text: &str) -> Result<Vec<PilotJob>, ClusterError> {
-    let mut pilots = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let unreadable = || ClusterError::Unreadable {
-            program: "squeue",
-            line: line.chars().take(200).collect(),
-        };
-        let f: Vec<&str> = line.splitn(5, '|').collect();
-        let [id, name, comment, state, nodes] = f.as_slice() else {
-            return Err(unreadable());
-        };
-        // Job ids start with a digit (`123`, `123_4`, `123_[1-5]`); states are upper case.
-        let id_ok = id.starts_with(|c: char| c.is_ascii_digit());
-        let state_ok =
-            !state.is_empty() && state.chars().all(|c| c.is_ascii_uppercase() || c == '_');
-        if !id_ok || !state_ok {
-            return Err(unreadable());
-        }
-        if *name == PILOT_JOB_NAME && *comment == PILOT_COMMENT {
-            pilots.push(PilotJob {
-                id: id.to_string(),
-                state: state.to_string(),
-                nodes: nodes.to_string(),
-            });
-        }
-    }
-    Ok(pilots)
+/// The Slurm command kill-all lists jobs with.
+const SQUEUE: &str = "squeue --json";
+
+/// Pilots in `squeue --json`: the active jobs with the pilots' name AND comment. Names and
+/// comments are strings in JSON, so no user's job name can fake or hide a pilot (the text
+/// format `%i|%j|%k|…` could be broken by a `|` in any job's name). Output that is not the
+/// listing is an error, not "no pilots": that would tell an admin the cluster is clear
+/// when it is not.
+pub fn pilots_in_squeue_json(text: &str) -> Result<Vec<PilotJob>, ClusterError> {
+    let jobs = squeue_json::parse(text).map_err(|detail| ClusterError::Unreadable {
+        command: SQUEUE,
+        detail,
+    })?;
+    Ok(jobs
+        .into_iter()
+        .filter(|j| j.is_active() && j.name == PILOT_JOB_NAME && j.comment == PILOT_COMMENT)
+        .map(|j| PilotJob {
+            id: j.job_id.to_string(),
+            state: j.state,
+            nodes: j.nodes,
+        })
+        .collect())
 }
 
 impl Cluster {
@@ -101,8 +94,8 @@ impl Cluster {
     pub async fn pilots(self, timeout: Duration) -> Result<Vec<PilotJob>, ClusterError> {
         match self {
             Cluster::Slurm => {
-                let out = exec::output("squeue", &["-h", "-o", "%i|%j|%k|%T|%N"], timeout).await?;
-                parse_squeue(&out)
+                let out = exec::output("squeue", &["--json"], timeout).await?;
+                pilots_in_squeue_json(&out)
             }
             Cluster::Pbs => {
                 let out =
@@ -176,30 +169,54 @@ impl Cluster {
 mod tests {
     use super::*;
 
+    fn job(id: u64, name: &str, comment: &str, state: &str) -> String {
+        format!(
+            r#"{{"job_id": {id}, "name": {name:?}, "comment": {comment:?}, "job_state": "{state}", "nodes": "n1"}}"#
+        )
+    }
+
     #[test]
-    fn only_jobs_with_the_pilot_name_and_comment_are_pilots() {
-        let text = "12|vmpilot|vmpilot-pilot|RUNNING|n1\n13|vmpilot|(null)|RUNNING|n2\n14|other|vmpilot-pilot|PENDING|\n15|vmpilot|vmpilot-pilot|PENDING|\n16_3|vmpilot|vmpilot-pilot|COMPLETING|n1\n\n";
-        let ids: Vec<_> = parse_squeue(text)
+    fn only_active_jobs_with_the_pilot_name_and_comment_are_pilots() {
+        let jobs = [
+            job(12, "vmpilot", "vmpilot-pilot", "RUNNING"),
+            job(13, "vmpilot", "", "RUNNING"),
+            job(14, "other", "vmpilot-pilot", "PENDING"),
+            job(15, "vmpilot", "vmpilot-pilot", "PENDING"),
+            job(16, "vmpilot", "vmpilot-pilot", "COMPLETING"),
+            job(17, "vmpilot", "vmpilot-pilot", "CANCELLED"),
+            job(
+                18,
+                "vmpilot|vmpilot-pilot|RUNNING|n1",
+                "vmpilot-pilot|x",
+                "RUNNING",
+            ),
+            job(
+                19,
+                "vmpilot\n20|vmpilot|vmpilot-pilot|RUNNING|n1",
+                "",
+                "RUNNING",
+            ),
+        ];
+        let text = format!(r#"{{"errors": [], "jobs": [{}]}}"#, jobs.join(","));
+        let ids: Vec<_> = pilots_in_squeue_json(&text)
             .unwrap()
             .into_iter()
             .map(|j| j.id)
             .collect();
-        assert_eq!(ids, ["12", "15", "16_3"]);
+        assert_eq!(ids, ["12", "15", "16"]);
     }
 
     #[test]
-    fn output_not_in_the_asked_format_is_an_error_not_an_empty_cluster() {
+    fn output_that_is_not_the_listing_is_an_error_not_an_empty_cluster() {
         for garbage in [
             "garbage",
             "<html><body>Service Unavailable</body></html>",
-            "JOBID PARTITION NAME USER ST TIME NODES NODELIST(REASON)",
-            "12|vmpilot|vmpilot-pilot|running|n1",
-            "|vmpilot|vmpilot-pilot|RUNNING|n1",
+            "12|vmpilot|vmpilot-pilot|RUNNING|n1",
+            r#"{"meta": {}}"#,
         ] {
-            let text = format!("12|vmpilot|vmpilot-pilot|RUNNING|n1\n{garbage}\n");
-            let e = parse_squeue(&text).unwrap_err().to_string();
+            let e = pilots_in_squeue_json(garbage).unwrap_err().to_string();
             assert!(
-                e.contains("squeue") && e.contains("hint:"),
+                e.contains("squeue --json") && e.contains("hint:"),
                 "{garbage}: {e}"
             );
         }

@@ -8,7 +8,9 @@
 
 pub mod cluster;
 pub mod pbs;
+pub mod qstat_json;
 pub mod slurm;
+pub mod squeue_json;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,7 +79,7 @@ pub enum LrmError {
     },
     /// The command answered, but not in a form we understand.
     #[error(
-        "cannot read job {job} from {lrm}: unexpected output of `{command}`: {detail}\n\nhint: this vmpilot understands Slurm 20.11+ and Torque/OpenPBS `qstat -f`; report the output above"
+        "cannot read job {job} from {lrm}: unexpected output of `{command}`: {detail}\n\nhint: this vmpilot reads Slurm through `squeue --json` (Slurm 21.08 or later, built with its JSON serializer) and PBS through `qstat -f -F json` or `qstat -f`; run the command above by hand and report its output"
     )]
     Garbage {
         /// Batch system.

@@ -1,4 +1,5 @@
-//! PBS (Torque, OpenPBS, PBS Pro): job facts from `qstat -f ID`, falling back to the job's
+//! PBS (Torque, OpenPBS, PBS Pro): job facts from `qstat -f -F json ID` where `qstat` has
+//! JSON (OpenPBS, PBS Pro), else from `qstat -f ID` read strictly, else from the job's
 //! environment (`PBS_WALLTIME`, `PBS_NUM_PPN`/`NCPUS`) when `qstat` cannot answer.
 //!
 //! Walltime left is `Resource_List.walltime` − `resources_used.walltime`. Without `qstat`
@@ -9,8 +10,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Env, JobFacts, LrmError, parse_clock};
-use crate::exec;
+use super::{Env, JobFacts, LrmError, parse_clock, qstat_json};
+use crate::exec::{self, ExecError};
 
 /// A PBS job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,27 +38,15 @@ impl Pbs {
         }
     }
 
-    /// Read the job's facts.
+    /// Read the job's facts: `qstat -f -F json` (OpenPBS, PBS Pro), else `qstat -f` (Torque
+    /// and other `qstat`s without JSON), else the environment's walltime.
     pub async fn facts(&self) -> Result<JobFacts, LrmError> {
-        let queried = exec::output("qstat", &["-f", &self.job_id], self.timeout).await;
-        let problem = match queried {
-            Ok(out) => match facts_from_qstat(&self.job_id, &out) {
-                Ok(mut f) => {
-                    f.cpus = f.cpus.or(self.env_cpus);
-                    return Ok(f);
-                }
-                Err(detail) => LrmError::Garbage {
-                    lrm: "pbs",
-                    job: self.job_id.clone(),
-                    command: format!("qstat -f {}", self.job_id),
-                    detail,
-                },
-            },
-            Err(source) => LrmError::Query {
-                lrm: "pbs",
-                job: self.job_id.clone(),
-                source,
-            },
+        let problem = match self.facts_from_qstat().await {
+            Ok(mut f) => {
+                f.cpus = f.cpus.or(self.env_cpus);
+                return Ok(f);
+            }
+            Err(problem) => problem,
         };
         match self.env_walltime {
             Some(walltime) => {
@@ -74,21 +63,97 @@ impl Pbs {
             None => Err(problem),
         }
     }
+
+    async fn facts_from_qstat(&self) -> Result<JobFacts, LrmError> {
+        let query = |source| LrmError::Query {
+            lrm: "pbs",
+            job: self.job_id.clone(),
+            source,
+        };
+        let garbage = |command: String, detail| LrmError::Garbage {
+            lrm: "pbs",
+            job: self.job_id.clone(),
+            command,
+            detail,
+        };
+        let json = exec::output("qstat", &["-f", "-F", "json", &self.job_id], self.timeout).await;
+        match json {
+            Ok(out) => qstat_json::parse(&out, &self.job_id)
+                .and_then(|j| facts_from_json(&self.job_id, j))
+                .map_err(|d| garbage(format!("qstat -f -F json {}", self.job_id), d)),
+            // A qstat without JSON (Torque, Slurm's wrapper) refuses the option: read its text.
+            // A missing or hanging qstat will not do better on a second try.
+            Err(e @ (ExecError::NotFound { .. } | ExecError::Timeout { .. })) => Err(query(e)),
+            Err(_) => {
+                let out = exec::output("qstat", &["-f", &self.job_id], self.timeout)
+                    .await
+                    .map_err(query)?;
+                facts_from_qstat(&self.job_id, &out)
+                    .map_err(|d| garbage(format!("qstat -f {}", self.job_id), d))
+            }
+        }
+    }
 }
 
-/// Parse `qstat -f` into `key -> value`, joining continuation lines.
-pub fn parse_qstat_f(text: &str) -> HashMap<String, String> {
+fn facts_from_json(job: &str, j: qstat_json::QstatJob) -> Result<JobFacts, String> {
+    let time_left = match &j.walltime {
+        None => None,
+        Some(w) => {
+            let limit = parse_clock(w)
+                .ok_or_else(|| format!("Resource_List.walltime = {w} is not a duration"))?;
+            let used = j
+                .walltime_used
+                .as_deref()
+                .and_then(parse_clock)
+                .unwrap_or_default();
+            Some(limit.saturating_sub(used))
+        }
+    };
+    let cpus = j
+        .ncpus
+        .and_then(|n| u32::try_from(n).ok())
+        .or_else(|| ppn(j.nodes.as_deref()?));
+    Ok(JobFacts {
+        lrm: "pbs",
+        job_id: job.to_string(),
+        nodes: j.exec_host,
+        memory_mib: j.mem.as_deref().and_then(parse_pbs_mem),
+        cpus,
+        time_left,
+    })
+}
+
+/// CPUs per node of a Torque `nodes=1:ppn=4` request.
+fn ppn(nodes: &str) -> Option<u32> {
+    nodes
+        .split(':')
+        .find_map(|p| p.strip_prefix("ppn="))?
+        .parse()
+        .ok()
+}
+
+/// Parse `qstat -f` into `key -> value`, joining continuation lines. A key printed twice is
+/// an error: the real line is always there, so a second one can only come from a value a
+/// submitter chose (a variable with a newline in it) and must not override it.
+pub fn parse_qstat_f(text: &str) -> Result<HashMap<String, String>, String> {
     let mut fields = HashMap::new();
     let mut last: Option<String> = None;
     for line in text.lines() {
         if let Some(id) = line.strip_prefix("Job Id:") {
-            fields.insert("Job Id".to_string(), id.trim().to_string());
+            if fields
+                .insert("Job Id".to_string(), id.trim().to_string())
+                .is_some()
+            {
+                return Err("two `Job Id:` lines: more than one job in the output".into());
+            }
             continue;
         }
         match line.split_once(" = ") {
             Some((k, v)) if !line.starts_with("\t\t") => {
                 let key = k.trim().to_string();
-                fields.insert(key.clone(), v.trim().to_string());
+                if fields.insert(key.clone(), v.trim().to_string()).is_some() {
+                    return Err(format!("`{}` appears twice", key.escape_debug()));
+                }
                 last = Some(key);
             }
             _ => {
@@ -98,7 +163,7 @@ pub fn parse_qstat_f(text: &str) -> HashMap<String, String> {
             }
         }
     }
-    fields
+    Ok(fields)
 }
 
 /// PBS sizes (`8gb`, `4096mb`, `1048576kb`, `100b`; binary units) in MiB.
@@ -120,7 +185,7 @@ pub fn parse_pbs_mem(text: &str) -> Option<u64> {
 }
 
 fn facts_from_qstat(job: &str, text: &str) -> Result<JobFacts, String> {
-    let f = parse_qstat_f(text);
+    let f = parse_qstat_f(text)?;
     let excerpt: String = text.trim().chars().take(200).collect();
     if !f.contains_key("Job Id") {
         return Err(format!(
@@ -146,13 +211,7 @@ fn facts_from_qstat(job: &str, text: &str) -> Result<JobFacts, String> {
     };
     let cpus = get("Resource_List.ncpus")
         .and_then(|c| c.parse().ok())
-        .or_else(|| {
-            get("Resource_List.nodes")?
-                .split(':')
-                .find_map(|p| p.strip_prefix("ppn="))?
-                .parse()
-                .ok()
-        });
+        .or_else(|| ppn(get("Resource_List.nodes")?));
     Ok(JobFacts {
         lrm: "pbs",
         job_id: job.to_string(),
@@ -199,8 +258,28 @@ mod tests {
         assert_eq!(f.memory_mib, Some(8192));
         assert_eq!(f.cpus, Some(4));
         assert_eq!(f.nodes.as_deref(), Some("node042/0-3"));
-        let fields = parse_qstat_f(TORQUE);
+        let fields = parse_qstat_f(TORQUE).unwrap();
         assert!(fields["Variable_List"].ends_with("PBS_O_SHELL=/bin/bash"));
+    }
+
+    #[test]
+    fn a_key_printed_twice_is_refused_not_resolved() {
+        // A variable whose value carries a newline and a fake resource line.
+        let injected = TORQUE.replace(
+            "PBS_O_SHELL=/bin/bash",
+            "PBS_O_SHELL=/bin/bash\n    Resource_List.walltime = 999:00:00",
+        );
+        let e = facts_from_qstat("1234.headnode.example.org", &injected).unwrap_err();
+        assert!(
+            e.contains("Resource_List.walltime") && e.contains("twice"),
+            "{e}"
+        );
+        let two = format!("{TORQUE}{TORQUE}");
+        assert!(
+            facts_from_qstat("1234", &two)
+                .unwrap_err()
+                .contains("Job Id")
+        );
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! Slurm: job facts from `scontrol show job -o ID`.
+//! Slurm: job facts from `squeue --json` (see `squeue_json` for why not the text formats).
 //!
-//! Walltime left is computed from `TimeLimit` − `RunTime` of the same answer, both durations,
-//! so it does not depend on the time zone `scontrol` prints `EndTime` in (22.05 has no
-//! `SLURM_JOB_END_TIME`). After a SIGTERM, a set `PreemptTime` tells preemption apart from
-//! a cancel (with `PreemptMode=CANCEL` Slurm sets it when preemption starts).
+//! Walltime left is the time limit minus the time run, computed as `scontrol` computes
+//! `RunTime` (22.05 has no `SLURM_JOB_END_TIME`). After a SIGTERM, a set `preempt_time`
+//! tells preemption apart from a cancel (with `PreemptMode=CANCEL` Slurm sets it when
+//! preemption starts).
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{JobFacts, LrmError, parse_clock};
+use super::squeue_json::{self, SlurmJob};
+use super::{JobFacts, LrmError};
 use crate::exec;
 
 /// How long the preemption check after a SIGTERM may take (it delays unreserving).
@@ -35,44 +35,46 @@ impl Slurm {
         }
     }
 
-    async fn show_job(&self, timeout: Duration) -> Result<HashMap<String, String>, LrmError> {
-        let out = exec::output("scontrol", &["show", "job", "-o", &self.job_id], timeout)
+    /// This job's entry of `squeue --json --jobs ID` (22.05 lists every job regardless).
+    async fn query(&self, timeout: Duration) -> Result<SlurmJob, LrmError> {
+        let out = exec::output("squeue", &["--json", "--jobs", &self.job_id], timeout)
             .await
             .map_err(|source| LrmError::Query {
                 lrm: "slurm",
                 job: self.job_id.clone(),
                 source,
             })?;
-        let fields = parse_show_job(&out);
-        if fields.get("JobId").map(String::as_str)
-            != Some(self.job_id.split('_').next().unwrap_or(""))
-        {
-            return Err(self.garbage(format!("no JobId={} in: {}", self.job_id, excerpt(&out))));
-        }
-        Ok(fields)
+        squeue_json::parse(&out)
+            .map_err(|d| self.garbage(d))?
+            .into_iter()
+            .find(|j| j.is(&self.job_id))
+            .ok_or_else(|| self.garbage(format!("job {} is not in the listing", self.job_id)))
     }
 
     fn garbage(&self, detail: String) -> LrmError {
         LrmError::Garbage {
             lrm: "slurm",
             job: self.job_id.clone(),
-            command: format!("scontrol show job -o {}", self.job_id),
+            command: format!("squeue --json --jobs {}", self.job_id),
             detail,
         }
     }
 
     /// Read the job's facts.
     pub async fn facts(&self) -> Result<JobFacts, LrmError> {
-        let f = self.show_job(self.timeout).await?;
-        facts_from(&self.job_id, &f, self.cpus_on_node).map_err(|d| self.garbage(d))
+        let job = self.query(self.timeout).await?;
+        Ok(facts_from(
+            &self.job_id,
+            &job,
+            self.cpus_on_node,
+            unix_now(),
+        ))
     }
 
     /// Did Slurm start preempting this job?
     pub async fn was_preempted(&self) -> bool {
-        match self.show_job(PREEMPT_CHECK_TIMEOUT.min(self.timeout)).await {
-            Ok(f) => f
-                .get("PreemptTime")
-                .is_some_and(|t| !matches!(t.as_str(), "None" | "Unknown" | "")),
+        match self.query(PREEMPT_CHECK_TIMEOUT.min(self.timeout)).await {
+            Ok(job) => job.preempt_time.is_some(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell preemption from cancel");
                 false
@@ -81,22 +83,11 @@ impl Slurm {
     }
 }
 
-fn excerpt(text: &str) -> String {
-    let t: String = text.trim().chars().take(200).collect();
-    if t.is_empty() {
-        "<empty output>".into()
-    } else {
-        t
-    }
-}
-
-/// Split `Key=Value Key=Value ...` (one line, `-o`). Values never contain spaces for the keys
-/// vmpilot reads.
-pub fn parse_show_job(text: &str) -> HashMap<String, String> {
-    text.split_whitespace()
-        .filter_map(|tok| tok.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+/// Wall-clock seconds, the clock Slurm's start times are in.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Slurm memory with unit suffix (`300M`, `4G`, `1T`, `512K`) in MiB.
@@ -118,93 +109,78 @@ pub fn parse_slurm_mem(text: &str) -> Option<u64> {
     (mib.is_finite() && mib >= 0.0 && mib < u64::MAX as f64).then(|| mib.floor() as u64)
 }
 
-fn facts_from(
-    job: &str,
-    f: &HashMap<String, String>,
-    cpus_on_node: Option<u32>,
-) -> Result<JobFacts, String> {
-    let get = |k: &str| f.get(k).map(String::as_str);
-    let time_left = match get("TimeLimit") {
-        Some("UNLIMITED") | Some("Partition_Limit") => None,
-        Some(limit) => {
-            let limit =
-                parse_clock(limit).ok_or_else(|| format!("TimeLimit={limit} is not a duration"))?;
-            let run = get("RunTime")
-                .and_then(parse_clock)
-                .ok_or_else(|| "RunTime is missing or not a duration".to_string())?;
-            Some(limit.saturating_sub(run))
-        }
-        None => return Err("no TimeLimit field".into()),
-    };
-    let nodes: u64 = get("NumNodes")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
-        .max(1);
-    let cpus = cpus_on_node.or_else(|| {
-        let total: u32 = get("NumCPUs")?.parse().ok()?;
-        Some(total / nodes as u32)
+fn facts_from(job_id: &str, job: &SlurmJob, cpus_on_node: Option<u32>, now: u64) -> JobFacts {
+    let time_left = job.time_limit_min.map(|limit| {
+        Duration::from_secs(limit.saturating_mul(60).saturating_sub(job.run_secs(now)))
     });
-    let memory_mib = match get("MinMemoryNode").and_then(parse_slurm_mem) {
-        Some(m) if m > 0 => Some(m),
-        _ => match (get("MinMemoryCPU").and_then(parse_slurm_mem), cpus) {
-            (Some(per_cpu), Some(c)) if per_cpu > 0 => per_cpu.checked_mul(u64::from(c)),
-            _ => get("TRES")
-                .and_then(|t| t.split(',').find_map(|kv| kv.strip_prefix("mem=")))
+    let nodes = job.node_count.unwrap_or(1).max(1);
+    let cpus = cpus_on_node.or_else(|| u32::try_from(job.cpus? / nodes).ok());
+    let memory_mib = job
+        .memory_per_node
+        .or_else(|| match (job.memory_per_cpu, cpus) {
+            (Some(per_cpu), Some(c)) => per_cpu.checked_mul(u64::from(c)),
+            _ => job
+                .tres_alloc
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("mem="))
                 .and_then(parse_slurm_mem)
                 .map(|m| m / nodes),
-        },
-    };
-    Ok(JobFacts {
+        });
+    JobFacts {
         lrm: "slurm",
-        job_id: job.to_string(),
-        nodes: get("NodeList").map(String::from),
+        job_id: job_id.to_string(),
+        nodes: (!job.nodes.is_empty()).then(|| job.nodes.clone()),
         memory_mib,
         cpus,
         time_left,
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Recorded from Slurm 22.05.8 (`scontrol show job -o 9`), a running job.
-    const RUNNING: &str = "JobId=9 JobName=probe UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901751 Nice=0 Account=(null) QOS=(null) JobState=RUNNING Reason=None Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:02 TimeLimit=00:02:00 TimeMin=N/A SubmitTime=2026-11-22T19:08:59 EligibleTime=2026-11-22T19:08:59 AccrueTime=2026-11-22T19:08:59 StartTime=2026-11-22T19:08:59 EndTime=2026-11-22T19:10:59 Deadline=N/A PreemptEligibleTime=2026-11-22T19:08:59 PreemptTime=None SuspendTime=None SecsPreSuspend=0 LastSchedEval=2026-11-22T19:08:59 Scheduler=Main Partition=low AllocNode:Sid=localhost:1034 ReqNodeList=(null) ExcNodeList=(null) NodeList=vm BatchHost=vm NumNodes=1 NumCPUs=1 NumTasks=1 CPUs/Task=1 ReqB:S:C:T=0:0:*:* TRES=cpu=1,mem=300M,node=1,billing=1 Socks/Node=* NtasksPerN:B:S:C=0:0:*:* CoreSpec=* MinCPUsNode=1 MinMemoryNode=300M MinTmpDiskNode=0 Features=(null) DelayBoot=00:00:00 OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null) Command=(null) WorkDir=/tmp StdErr=/tmp/slurm-9.out StdIn=/dev/null StdOut=/tmp/slurm-9.out Power= \n";
+    fn recorded() -> Vec<SlurmJob> {
+        squeue_json::parse(squeue_json::SLURM_22_05).unwrap()
+    }
 
     #[test]
-    fn facts_from_a_recorded_running_job() {
-        let f = facts_from("9", &parse_show_job(RUNNING), None).unwrap();
-        assert_eq!(f.time_left, Some(Duration::from_secs(118)));
-        assert_eq!(f.memory_mib, Some(300));
+    fn facts_from_a_recorded_running_job_ignore_its_hostile_strings() {
+        let job = &recorded()[0];
+        let f = facts_from("123", job, None, job.start_time + 62);
+        assert_eq!(f.time_left, Some(Duration::from_secs(3 * 60 - 62)));
+        assert_eq!(f.memory_mib, Some(100), "not the 1T in its name");
         assert_eq!(f.cpus, Some(1));
         assert_eq!(f.nodes.as_deref(), Some("vm"));
     }
 
     #[test]
     fn unlimited_jobs_and_per_cpu_memory() {
-        let text = RUNNING
-            .replace("TimeLimit=00:02:00", "TimeLimit=UNLIMITED")
-            .replace("MinMemoryNode=300M", "MinMemoryCPU=2G")
-            .replace("NumCPUs=1", "NumCPUs=4");
-        let f = facts_from("9", &parse_show_job(&text), None).unwrap();
+        let mut job = recorded().remove(1);
+        let f = facts_from("124", &job, None, job.start_time);
         assert_eq!(f.time_left, None);
-        assert_eq!(f.memory_mib, Some(8192));
-        assert_eq!(f.cpus, Some(4));
+        assert_eq!(f.memory_mib, Some(50));
+        job.cpus = Some(4);
+        let f = facts_from("124", &job, None, job.start_time);
+        assert_eq!((f.memory_mib, f.cpus), (Some(200), Some(4)));
+        assert_eq!(
+            facts_from("124", &job, Some(2), job.start_time).memory_mib,
+            Some(100),
+            "SLURM_CPUS_ON_NODE wins"
+        );
+        job.memory_per_cpu = None;
+        assert_eq!(
+            facts_from("124", &job, None, job.start_time).memory_mib,
+            Some(50),
+            "from the allocated TRES"
+        );
     }
 
     #[test]
-    fn garbage_is_reported_not_guessed() {
-        assert!(
-            facts_from("9", &parse_show_job("hello world"), None)
-                .unwrap_err()
-                .contains("TimeLimit")
-        );
-        let bad = RUNNING.replace("TimeLimit=00:02:00", "TimeLimit=soon");
-        assert!(
-            facts_from("9", &parse_show_job(&bad), None)
-                .unwrap_err()
-                .contains("soon")
-        );
+    fn a_run_longer_than_the_limit_leaves_no_time() {
+        let job = &recorded()[0];
+        let f = facts_from("123", job, None, job.start_time + 3600);
+        assert_eq!(f.time_left, Some(Duration::ZERO));
     }
 
     #[test]
