@@ -496,6 +496,64 @@ fn operator_endpoints_are_off_without_a_token() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("operator endpoints disabled"));
 }
 
+/// Issue #13, item 3: with `protect_reads = true` the status page and every `GET /v1/...`
+/// need the admin token; `/healthz` and signed ingest stay as they were. Without it (the
+/// default) reads stay open, as before.
+#[test]
+fn protect_reads_puts_the_read_endpoints_behind_the_token() {
+    let http = Http::new();
+    let reads = [
+        "/",
+        "/v1/leases",
+        "/v1/nodes",
+        "/v1/events",
+        "/v1/pilots",
+        "/v1/leases/x",
+    ];
+    let open = Coord::start("");
+    for path in reads {
+        let (status, _) = http.get(&format!("{}{path}", open.url));
+        assert_ne!(status, 401, "{path} needs no token by default");
+    }
+    let coord = Coord::start("protect_reads = true\n");
+    for path in reads {
+        let url = format!("{}{path}", coord.url);
+        let (status, body) = http.get(&url);
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        let (status, body) = http
+            .send(http.client.get(&url).bearer_auth("wrong-token-0123456789"))
+            .unwrap();
+        assert_eq!(status, 401, "{path} with a wrong token: {body}");
+        let (status, body) = http.send(http.client.get(&url).bearer_auth(TOKEN)).unwrap();
+        assert!(
+            status == 200 || (path == "/v1/leases/x" && status == 404),
+            "{path} with the token: {status} {body}"
+        );
+    }
+    assert_eq!(http.get(&format!("{}/healthz", coord.url)).0, 200);
+    let (status, body) = http.post_event(&coord.url, &event("heartbeat", "pr-1", 1, 0, json!({})));
+    assert_eq!(status, 200, "signed ingest needs no token: {body}");
+
+    // And it cannot be switched on with nobody able to read.
+    std::fs::write(
+        coord.dir.join("no-token.toml"),
+        "database = \"other.db\"\nsecret_files = [\"secret\"]\nprotect_reads = true\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        .arg("--config")
+        .arg(coord.dir.join("no-token.toml"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("protect_reads") && err.contains("admin_token_file"),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_errors_name_the_key_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! The HTTP API (docs/openapi.yaml): event ingest for pilots, read endpoints for anyone who
-//! can reach the coordinator, and operator endpoints (directives, pilot submission) behind a
+//! can reach the coordinator (or, with `protect_reads`, for holders of the admin token),
+//! and operator endpoints (directives, pilot submission) behind a
 //! bearer token.
 //!
 //! Every error is JSON `{"error": "..."}` with a status that tells a pilot what to do:
@@ -45,8 +46,31 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/shorten", post(shorten))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/pilots", post(submit_pilots).get(list_pilots))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            reads_need_token,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// With `protect_reads`, every read (the status page, `GET /v1/...`) needs the admin token;
+/// only `/healthz` stays open, for load balancers. Writes check their own credentials.
+async fn reads_need_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_read =
+        request.method() == axum::http::Method::GET || request.method() == axum::http::Method::HEAD;
+    if state.config.protect_reads
+        && is_read
+        && request.uri().path() != "/healthz"
+        && let Err(e) = authorize(&state, request.headers())
+    {
+        return e.into_response();
+    }
+    next.run(request).await
 }
 
 /// An error reply: status and a JSON body.
@@ -137,30 +161,43 @@ async fn post_event(
             )
         })?;
     let window = state.config.replay_window.as_secs() as i64;
-    // The node the event claims, read leniently before it is authenticated (bounded by
-    // max_body_bytes), only to derive that node's key: with per-node keys, only the
-    // claimed node's secret verifies it.
-    let claimed = claimed_node(&body);
-    let mut candidates = state.config.secrets.clone();
-    let shared = candidates.len();
-    if let Some(node) = &claimed {
-        candidates.extend(
-            state
-                .config
-                .node_masters
-                .iter()
-                .map(|m| node_secret(m, node)),
-        );
-    }
-    let verified = verify_which(&candidates, signature, &body, unix_now(), window).map_err(|e| {
-        tracing::warn!("refused an event: {e}");
-        let hint = match e {
-            SignatureError::Stale { .. } => "; check the clocks of the node and the coordinator",
-            SignatureError::Mismatch => "; the node's coordinator.secret_file must hold one of the coordinator's secret_files",
-            SignatureError::Malformed => "",
-        };
-        ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
-    })?;
+    // MACs over the body are CPU work an unauthenticated sender can ask for: they run on
+    // the blocking pool, so a flood of them cannot stall the runtime's other requests.
+    let (claimed, candidates, verified) = {
+        let (config, body, signature) = (state.config.clone(), body.clone(), signature.to_string());
+        tokio::task::spawn_blocking(move || {
+            // The node the event claims, read leniently before it is authenticated (bounded
+            // by max_body_bytes), only to derive that node's key: with per-node keys, only
+            // the claimed node's secret verifies it.
+            let claimed = claimed_node(&body);
+            let mut candidates = config.secrets.clone();
+            if let Some(node) = &claimed {
+                candidates.extend(config.node_masters.iter().map(|m| node_secret(m, node)));
+            }
+            let verified = verify_which(&candidates, &signature, &body, unix_now(), window)
+                .map(|v| candidates.iter().position(|c| std::ptr::eq(c, v)));
+            (claimed, candidates, verified)
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("signature check failed: {e}"),
+            )
+        })?
+    };
+    let verified = verified
+        .map_err(|e| {
+            tracing::warn!("refused an event: {e}");
+            let hint = match e {
+                SignatureError::Stale { .. } => "; check the clocks of the node and the coordinator",
+                SignatureError::Mismatch => "; the node's coordinator.secret_file must hold one of the coordinator's secret_files",
+                SignatureError::Malformed => "",
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, format!("{e}{hint}"))
+        })?
+        .expect("verify_which returns one of the candidates");
+    let shared = state.config.secrets.len();
     let event = parse_event(&body).map_err(|e| {
         let mut err = ApiError::new(StatusCode::BAD_REQUEST, &e);
         if let MessageError::Unsupported(_) = e {
@@ -170,10 +207,7 @@ async fn post_event(
     })?;
     // A per-node key vouches for one node only: the event's own `node` must be the one
     // the key was derived for.
-    let by_node_key = candidates
-        .iter()
-        .position(|c| std::ptr::eq(c, verified))
-        .is_some_and(|i| i >= shared);
+    let by_node_key = verified >= shared;
     if by_node_key && claimed.as_deref() != Some(event.node.as_str()) {
         tracing::warn!("refused an event whose node does not match the key that signed it");
         return Err(ApiError::new(
@@ -181,7 +215,7 @@ async fn post_event(
             "signature does not match the event's node",
         ));
     }
-    let secret = verified.clone();
+    let secret = candidates[verified].clone();
     // parse_event accepted it as JSON, so it is UTF-8.
     let text = String::from_utf8_lossy(&body).into_owned();
     let reply = state.db.ingest(event.clone(), text).await?;

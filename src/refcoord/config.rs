@@ -40,7 +40,13 @@ use crate::units;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
 /// Default database path.
 pub const DEFAULT_DATABASE: &str = "/var/lib/vmpilot-coordinator/coordinator.db";
-/// Default config path.
+/// `max_connections` when not set: far above one connection per node of a large cluster.
+/// At start the coordinator raises its descriptor limit to the hard limit and lowers the
+/// cap if the descriptors would not cover it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// `heartbeat_retention` when not set.
+pub const DEFAULT_HEARTBEAT_RETENTION: Duration = Duration::from_secs(7 * 86400);
+/// Where the coordinator's config lives by default.
 pub const DEFAULT_CONFIG: &str = "/etc/vmpilot/coordinator.toml";
 
 /// A config that cannot be used.
@@ -108,6 +114,11 @@ pub struct RawConfig {
     replay_window: Option<units::Duration>,
     max_body_bytes: Option<usize>,
     lost_after: Option<units::Duration>,
+    max_connections: Option<usize>,
+    header_timeout: Option<units::Duration>,
+    request_timeout: Option<units::Duration>,
+    heartbeat_retention: Option<units::Duration>,
+    protect_reads: Option<bool>,
     pool: Option<RawPool>,
     guests: Option<RawGuests>,
     tls: Option<RawTls>,
@@ -195,6 +206,18 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Silence after which a reserved lease is marked lost.
     pub lost_after: Duration,
+    /// Open connections at most; more are closed at once (descriptors are finite).
+    pub max_connections: usize,
+    /// Longest wait for a request's headers (also: an idle keep-alive connection, a TLS
+    /// handshake, a new connection's first request), so half-sent requests cannot pile up.
+    pub header_timeout: Duration,
+    /// Longest one request may take once its headers are in (reading the body included).
+    pub request_timeout: Duration,
+    /// Heartbeats older than this are deleted from the event log (the lease rows keep
+    /// their last-seen time); every other event is kept.
+    pub heartbeat_retention: Duration,
+    /// Whether the read endpoints (status page, `GET /v1/...`) need the admin token too.
+    pub protect_reads: bool,
     /// Pilot submission, when configured.
     pub pool: Option<PoolConfig>,
     /// Guest templates started on reserved leases, when configured.
@@ -337,6 +360,46 @@ impl RawConfig {
                 "make it several heartbeat intervals (default 120s)",
             ));
         }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(16..=1_000_000).contains(&max_connections) {
+            return Err(invalid(
+                "max_connections",
+                format!("is {max_connections}; it must be between 16 and 1000000"),
+                "keep it above the number of nodes and below the process's descriptor limit (`ulimit -n`); the default is 4096",
+            ));
+        }
+        let bounded = |key, value: Option<units::Duration>, default: u64| {
+            let d = value.map_or(Duration::from_secs(default), |d| d.get());
+            if d < Duration::from_secs(1) {
+                Err(invalid(
+                    key,
+                    "is shorter than 1 s".into(),
+                    "a pilot on a slow link needs a few seconds; the defaults are 10s (header_timeout) and 30s (request_timeout)",
+                ))
+            } else {
+                Ok(d)
+            }
+        };
+        let header_timeout = bounded("header_timeout", self.header_timeout, 10)?;
+        let request_timeout = bounded("request_timeout", self.request_timeout, 30)?;
+        let heartbeat_retention = self
+            .heartbeat_retention
+            .map_or(DEFAULT_HEARTBEAT_RETENTION, |d| d.get());
+        if heartbeat_retention < Duration::from_secs(3600) {
+            return Err(invalid(
+                "heartbeat_retention",
+                "is shorter than 1 h".into(),
+                "heartbeats explain recent history; keep at least an hour (default 7d)",
+            ));
+        }
+        let protect_reads = self.protect_reads.unwrap_or(false);
+        if protect_reads && admin_token.is_none() {
+            return Err(invalid(
+                "protect_reads",
+                "is true but no admin_token_file is set, so nobody could read".into(),
+                "set admin_token_file, or protect_reads = false",
+            ));
+        }
         let pool = match self.pool {
             Some(p) => Some(resolve_pool(p, path)?),
             None => None,
@@ -362,6 +425,11 @@ impl RawConfig {
             replay_window,
             max_body_bytes,
             lost_after,
+            max_connections,
+            header_timeout,
+            request_timeout,
+            heartbeat_retention,
+            protect_reads,
             pool,
             guests,
             tls,

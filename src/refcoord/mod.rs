@@ -21,7 +21,8 @@
 //!   node with the lease's metadata, after the event is acknowledged; when the lease is over
 //!   their definitions are retired. Outcomes are stored with the lease.
 //! - **TLS**: with `[tls]` the API is served over HTTPS (rustls); without it, plain HTTP,
-//!   meant for loopback or behind a TLS proxy.
+//!   meant for loopback or behind a TLS proxy. Either way connections are capped and every
+//!   wait for a client is bounded ([`serve`]).
 //!
 //! The binary (`src/bin/vmpilot-coordinator.rs`) only parses flags and calls [`run`].
 
@@ -33,6 +34,7 @@ pub mod ingest;
 pub mod message;
 pub mod pool;
 pub mod query;
+pub mod serve;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -136,27 +138,13 @@ pub async fn run(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), C
     ready(addr);
     tracing::info!(%addr, https = tls.is_some(), database = %config.database.display(), "coordinator started");
     let app = api::router(state);
-    let served = match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                stopper.graceful_shutdown(Some(DRAIN_LIMIT));
-            });
-            let listener = listener.into_std().map_err(CoordError::Serve)?;
-            axum_server::from_tcp_rustls(listener, tls)
-                .map_err(CoordError::Serve)?
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
+    let limits = serve::Limits {
+        max_connections: serve::connection_cap(config.max_connections),
+        header_timeout: config.header_timeout,
+        request_timeout: config.request_timeout,
     };
+    let listener = listener.into_std().map_err(CoordError::Serve)?;
+    let served = serve::serve(listener, app, tls, limits, shutdown, DRAIN_LIMIT).await;
     tasks.drain(DRAIN_LIMIT).await;
     // Whatever the server did, stop the background tasks and close the database so every
     // committed write is checkpointed and the file is left clean.
