@@ -478,6 +478,164 @@ fn a_release_directive_reaches_the_current_epoch_only() {
     );
 }
 
+/// Issue #13, item 4: epochs are per node, so the same slot id with the same epoch on two
+/// nodes is two leases. They were one row keyed by `(lease_id, epoch)`: the second node's
+/// events overwrote the first's, a `release` reached both nodes, and once one node had
+/// ended its lease an operator got 409 for the other, still live one.
+#[test]
+fn the_same_lease_id_on_two_nodes_is_two_leases() {
+    let coord = Coord::start("");
+    let http = Http::new();
+    let url = &coord.url;
+    let on = |node: &str, kind: &str, seq: u64| {
+        let (status, reply) =
+            http.post_event(url, &event(kind, "slot-1", 1, seq, json!({"node": node})));
+        assert_eq!(status, 200, "{node} {kind}: {reply}");
+        reply
+    };
+    on("node-a", "reserved", 0);
+    on("node-b", "reserved", 0);
+    let (_, list) = http.get(&format!("{url}/v1/leases"));
+    let mut nodes: Vec<&str> = list["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["lease_id"] == "slot-1")
+        .map(|l| l["node"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node-a", "node-b"], "two leases: {list}");
+
+    // Without a node, a release for an id live on two nodes is ambiguous: 409 naming both.
+    let (status, reply) = http.operator(
+        &format!("{url}/v1/leases/slot-1/release"),
+        Some(TOKEN),
+        json!({}),
+    );
+    assert_eq!(status, 409, "{reply}");
+    let text = reply["error"].as_str().unwrap();
+    assert!(
+        text.contains("node-a") && text.contains("node-b") && text.contains("/v1/nodes/"),
+        "{text}"
+    );
+    let (status, _) = http.get(&format!("{url}/v1/leases/slot-1"));
+    assert_eq!(status, 409, "reading an ambiguous id without a node");
+
+    // node-b ends its lease; node-a's stays reserved and can still be released.
+    on("node-b", "unreserving", 1);
+    on("node-b", "unreserved", 2);
+    let (status, a) = http.get(&format!("{url}/v1/nodes/node-a/leases/slot-1"));
+    assert_eq!(
+        (status, a["state"].as_str()),
+        (200, Some("reserved")),
+        "{a}"
+    );
+    let (status, b) = http.get(&format!("{url}/v1/nodes/node-b/leases/slot-1"));
+    assert_eq!(
+        (status, b["state"].as_str()),
+        (200, Some("unreserved")),
+        "{b}"
+    );
+    let (status, directive) = http.operator(
+        &format!("{url}/v1/nodes/node-a/leases/slot-1/release"),
+        Some(TOKEN),
+        json!({}),
+    );
+    assert_eq!(status, 202, "the live lease on node-a: {directive}");
+    assert_eq!(directive["node"], "node-a");
+    assert_valid("directive.json", &directive);
+    // Only node-a's pilot is told; node-b's (a late heartbeat) is not.
+    let reply = on("node-a", "heartbeat", 1);
+    assert_eq!(
+        reply["directives"],
+        json!([{"type": "release", "lease_id": "slot-1", "epoch": 1}])
+    );
+    let (_, reply) = http.post_event(
+        url,
+        &event("heartbeat", "slot-1", 1, 3, json!({"node": "node-b"})),
+    );
+    assert_eq!(
+        reply["directives"],
+        json!([]),
+        "node-b got node-a's release"
+    );
+    // With one live lease left, the node-less path finds it unambiguously.
+    let (status, again) = http.operator(
+        &format!("{url}/v1/leases/slot-1/release"),
+        Some(TOKEN),
+        json!({}),
+    );
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["id"], directive["id"]);
+    let (status, _) = http.operator(
+        &format!("{url}/v1/nodes/node-b/leases/slot-1/release"),
+        Some(TOKEN),
+        json!({}),
+    );
+    assert_eq!(status, 409, "node-b's lease has ended");
+    let (status, _) = http.operator(
+        &format!("{url}/v1/nodes/node-c/leases/slot-1/release"),
+        Some(TOKEN),
+        json!({}),
+    );
+    assert_eq!(status, 404, "no such lease on node-c");
+}
+
+/// Issue #13, item 3: every heartbeat was kept forever, so the database only grew. With
+/// `heartbeat_retention`, heartbeats received before it are deleted (at start, then
+/// hourly); newer heartbeats and every other event stay.
+#[test]
+fn heartbeats_older_than_the_retention_are_deleted() {
+    let mut coord = Coord::start("heartbeat_retention = \"1h\"\n");
+    let http = Http::new();
+    let url = coord.url.clone();
+    let mut ids = Vec::new();
+    for (kind, seq) in [
+        ("reserved", 0),
+        ("heartbeat", 1),
+        ("heartbeat", 2),
+        ("heartbeat", 3),
+    ] {
+        let e = event(kind, "ret-1", 1, seq, json!({}));
+        ids.push(e["event_id"].as_str().unwrap().to_string());
+        assert_eq!(http.post_event(&url, &e).0, 200);
+    }
+    assert_eq!(coord.stop(), 0);
+    // Two of the heartbeats (and the reserved event) are made two hours old.
+    let db = rusqlite::Connection::open(coord.dir.join("coord.db")).unwrap();
+    for id in [&ids[0], &ids[1], &ids[2]] {
+        db.execute(
+            "UPDATE events SET received_at = '2020-01-01T00:00:00Z' WHERE event_id = ?1",
+            [id],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let coord = Coord::spawn(&coord.dir);
+    let kept = |coord: &Coord| -> Vec<String> {
+        let (_, page) = http.get(&format!("{}/v1/events?lease_id=ret-1", coord.url));
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"]["event_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while kept(&coord).len() > 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        kept(&coord),
+        [ids[0].clone(), ids[3].clone()],
+        "the old heartbeats went, the reserved event and the new heartbeat stayed\n{}",
+        coord.log()
+    );
+    assert!(coord.log().contains("pruned heartbeats"), "{}", coord.log());
+    let (_, lease) = http.get(&format!("{}/v1/leases/ret-1", coord.url));
+    assert_eq!(lease["last_seq"], 3, "the lease row is untouched: {lease}");
+}
+
 #[test]
 fn operator_endpoints_are_off_without_a_token() {
     let coord = Coord::start("");
@@ -1287,16 +1445,20 @@ fn the_status_page_shows_leases_and_highlights_failures_in_a_real_browser() {
 fn the_openapi_file_covers_every_route_and_its_schemas_exist() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let api = std::fs::read_to_string(docs.join("openapi.yaml")).unwrap();
-    for route in [
-        "/v1/events",
-        "/v1/leases",
-        "/v1/leases/{id}",
-        "/v1/leases/{id}/release",
-        "/v1/leases/{id}/shorten",
-        "/v1/nodes",
-        "/v1/pilots",
-        "/healthz",
-    ] {
+    // Every route the router declares, read from its source so a new one cannot be missed.
+    let router =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/refcoord/api.rs"))
+            .unwrap();
+    let routes: Vec<&str> = router
+        .split(".route(")
+        .skip(1)
+        .map(|r| {
+            let r = r.trim_start().strip_prefix('"').unwrap();
+            &r[..r.find('"').unwrap()]
+        })
+        .collect();
+    assert!(routes.len() >= 12, "routes not found in api.rs: {routes:?}");
+    for route in routes {
         assert!(
             api.contains(&format!("\n  {route}:\n")),
             "{route} undocumented"

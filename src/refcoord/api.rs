@@ -45,6 +45,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/release", post(release))
         .route("/v1/leases/{id}/shorten", post(shorten))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{node}/leases/{id}", get(get_node_lease))
+        .route(
+            "/v1/nodes/{node}/leases/{id}/release",
+            post(release_on_node),
+        )
+        .route(
+            "/v1/nodes/{node}/leases/{id}/shorten",
+            post(shorten_on_node),
+        )
         .route("/v1/pilots", post(submit_pilots).get(list_pilots))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -347,6 +356,8 @@ pub struct LeaseDetail {
     pub epochs: Vec<u64>,
 }
 
+/// `GET /v1/leases/{id}`: the lease with this id, when one node has it (409 naming the
+/// nodes otherwise: epochs are per node, so the id alone does not name one lease).
 async fn get_lease(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -354,11 +365,46 @@ async fn get_lease(
 ) -> Result<Json<LeaseDetail>, ApiError> {
     let Query(q) = q?;
     let lookup = id.clone();
+    let nodes = state.db.read(move |c| query::nodes_of(c, &lookup)).await?;
+    match nodes.as_slice() {
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no lease `{id}` is known"),
+        )),
+        [node] => lease_detail(&state, node.clone(), id, q.epoch).await,
+        several => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "lease `{id}` is known on {} nodes: {}\n\nhint: name the node: /v1/nodes/{{node}}/leases/{id}",
+                several.len(),
+                several.join(", ")
+            ),
+        )),
+    }
+}
+
+/// `GET /v1/nodes/{node}/leases/{id}`.
+async fn get_node_lease(
+    State(state): State<AppState>,
+    Path((node, id)): Path<(String, String)>,
+    q: Result<Query<LeaseQuery>, QueryRejection>,
+) -> Result<Json<LeaseDetail>, ApiError> {
+    let Query(q) = q?;
+    lease_detail(&state, node, id, q.epoch).await
+}
+
+async fn lease_detail(
+    state: &AppState,
+    node: String,
+    id: String,
+    epoch: Option<u64>,
+) -> Result<Json<LeaseDetail>, ApiError> {
+    let (n, lookup) = (node.clone(), id.clone());
     let found = state
         .db
         .read(move |c| {
-            let lease = query::lease(c, &lookup, q.epoch)?;
-            Ok(lease.map(|l| (l, query::epochs(c, &lookup))))
+            let lease = query::lease(c, &n, &lookup, epoch)?;
+            Ok(lease.map(|l| (l, query::epochs(c, &n, &lookup))))
         })
         .await?;
     match found {
@@ -368,7 +414,7 @@ async fn get_lease(
         })),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no lease `{id}` is known"),
+            format!("no lease `{id}` is known on node `{node}`"),
         )),
     }
 }
@@ -387,18 +433,21 @@ async fn list_nodes(State(state): State<AppState>) -> Result<Json<NodeList>, Api
 
 async fn directive(
     state: AppState,
+    node: Option<String>,
     id: String,
     request: DirectiveRequest,
 ) -> Result<Response, ApiError> {
-    match state.db.create_directive(id, request).await? {
+    match state.db.create_directive(node, id, request).await? {
         Ok(view) => {
-            tracing::info!(lease = %view.lease_id, epoch = view.epoch, kind = %view.kind, "directive created");
+            tracing::info!(node = %view.node, lease = %view.lease_id, epoch = view.epoch, kind = %view.kind, "directive created");
             Ok((StatusCode::ACCEPTED, Json(view)).into_response())
         }
         Err(refusal) => {
             let status = match refusal {
                 DirectiveRefusal::UnknownLease(_) => StatusCode::NOT_FOUND,
-                DirectiveRefusal::Ended { .. } => StatusCode::CONFLICT,
+                DirectiveRefusal::Ambiguous { .. } | DirectiveRefusal::Ended { .. } => {
+                    StatusCode::CONFLICT
+                }
                 DirectiveRefusal::NotEarlier { .. } => StatusCode::BAD_REQUEST,
             };
             Err(ApiError::new(status, refusal))
@@ -412,7 +461,16 @@ async fn release(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    directive(state, id, DirectiveRequest::Release).await
+    directive(state, None, id, DirectiveRequest::Release).await
+}
+
+async fn release_on_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((node, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    directive(state, Some(node), id, DirectiveRequest::Release).await
 }
 
 /// Body of `POST /v1/leases/{id}/shorten`.
@@ -431,7 +489,24 @@ async fn shorten(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let Json(req) = body?;
-    directive(state, id, DirectiveRequest::Shorten(req.deadline)).await
+    directive(state, None, id, DirectiveRequest::Shorten(req.deadline)).await
+}
+
+async fn shorten_on_node(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((node, id)): Path<(String, String)>,
+    body: Result<Json<ShortenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(req) = body?;
+    directive(
+        state,
+        Some(node),
+        id,
+        DirectiveRequest::Shorten(req.deadline),
+    )
+    .await
 }
 
 /// `{"pilots": [...]}`.

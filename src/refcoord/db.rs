@@ -8,7 +8,7 @@
 //! take its neighbours down. Statements are prepared once and cached per connection.
 //!
 //! Readers (API, status page) use their own connections; WAL lets them read while the
-//! writer writes. Schema: see [`SCHEMA`]; the domain operations live in `ingest.rs`
+//! writer writes. Schema: see [`SCHEMA`] (older files are migrated on open); the domain operations live in `ingest.rs`
 //! (writes) and `query.rs` (reads).
 
 use std::path::{Path, PathBuf};
@@ -25,11 +25,16 @@ const QUEUE: usize = 8192;
 /// Read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
-/// The schema; every statement is idempotent so opening an existing file is harmless.
+/// The schema version this coordinator writes (`meta.schema_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The schema of a new database. A lease is `(node, lease_id, epoch)`: epochs count per
+/// node, so one slot id may be live on two nodes at once. Every list the status page and
+/// the API show has an index in the order it is shown.
 pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('schema_version', '2');
+CREATE TABLE events (
     cursor      INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id    TEXT NOT NULL UNIQUE,
     source      TEXT NOT NULL,
@@ -41,8 +46,7 @@ CREATE TABLE IF NOT EXISTS events (
     received_at TEXT NOT NULL,
     body        TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_lease ON events (lease_id, epoch);
-CREATE TABLE IF NOT EXISTS nodes (
+CREATE TABLE nodes (
     name         TEXT PRIMARY KEY,
     first_seen   TEXT NOT NULL,
     last_seen_ms INTEGER NOT NULL,
@@ -50,7 +54,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_lease   TEXT,
     last_epoch   INTEGER
 );
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE leases (
     lease_id     TEXT NOT NULL,
     epoch        INTEGER NOT NULL,
     node         TEXT NOT NULL,
@@ -70,10 +74,9 @@ CREATE TABLE IF NOT EXISTS leases (
     guests       TEXT,
     lost         INTEGER NOT NULL DEFAULT 0,
     lost_at      TEXT,
-    PRIMARY KEY (lease_id, epoch)
+    PRIMARY KEY (node, lease_id, epoch)
 );
-CREATE INDEX IF NOT EXISTS leases_live ON leases (state, lost, last_seen_ms);
-CREATE TABLE IF NOT EXISTS directives (
+CREATE TABLE directives (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     lease_id   TEXT NOT NULL,
     epoch      INTEGER NOT NULL,
@@ -81,19 +84,19 @@ CREATE TABLE IF NOT EXISTS directives (
     deadline   TEXT,
     status     TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    done_at    TEXT
+    done_at    TEXT,
+    node       TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS directives_pending ON directives (lease_id, epoch, status);
-CREATE TABLE IF NOT EXISTS guest_launches (
+CREATE TABLE guest_launches (
     lease_id   TEXT NOT NULL,
     epoch      INTEGER NOT NULL,
     node       TEXT NOT NULL,
     uri        TEXT NOT NULL,
     launched   TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    PRIMARY KEY (lease_id, epoch)
+    PRIMARY KEY (node, lease_id, epoch)
 );
-CREATE TABLE IF NOT EXISTS pilots (
+CREATE TABLE pilots (
     job_id       TEXT PRIMARY KEY,
     batch_system TEXT NOT NULL,
     origin       TEXT NOT NULL,
@@ -104,9 +107,99 @@ CREATE TABLE IF NOT EXISTS pilots (
     partition    TEXT,
     lease_id     TEXT,
     epoch        INTEGER,
-    reserved_at  TEXT
+    reserved_at  TEXT,
+    node         TEXT
 );
 ";
+
+/// Indexes, the same for new and migrated databases (each named after the query it serves).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS events_by_lease ON events (lease_id, epoch);
+CREATE INDEX IF NOT EXISTS events_by_age ON events (type, received_at);
+CREATE INDEX IF NOT EXISTS leases_live ON leases (state, lost, last_seen_ms);
+CREATE INDEX IF NOT EXISTS leases_by_recency ON leases (last_seen_ms);
+CREATE INDEX IF NOT EXISTS leases_by_id ON leases (lease_id, epoch);
+CREATE INDEX IF NOT EXISTS directives_pending ON directives (node, lease_id, epoch, status);
+CREATE INDEX IF NOT EXISTS pilots_by_submission ON pilots (submitted_at);
+";
+
+/// Version 1 keyed leases, directives and guest launches by `(lease_id, epoch)` only. Rows
+/// keep their node (for a lease id that two nodes shared, the node of its latest event,
+/// which is what version 1 showed); directives take their lease's node.
+const MIGRATE_1_TO_2: &str = "
+DROP INDEX IF EXISTS directives_pending;
+CREATE TABLE leases_v2 (
+    lease_id TEXT NOT NULL, epoch INTEGER NOT NULL, node TEXT NOT NULL, job_id TEXT,
+    state TEXT NOT NULL, reason TEXT, error TEXT, note TEXT, memory_mib INTEGER, cpus INTEGER,
+    deadline TEXT, grace_secs INTEGER, reserved_at TEXT, ended_at TEXT,
+    last_seq INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, guests TEXT,
+    lost INTEGER NOT NULL DEFAULT 0, lost_at TEXT,
+    PRIMARY KEY (node, lease_id, epoch)
+);
+INSERT INTO leases_v2 (lease_id, epoch, node, job_id, state, reason, error, note, memory_mib,
+    cpus, deadline, grace_secs, reserved_at, ended_at, last_seq, last_seen_ms, guests, lost, lost_at)
+  SELECT lease_id, epoch, node, job_id, state, reason, error, note, memory_mib,
+    cpus, deadline, grace_secs, reserved_at, ended_at, last_seq, last_seen_ms, guests, lost, lost_at
+  FROM leases;
+DROP TABLE leases;
+ALTER TABLE leases_v2 RENAME TO leases;
+ALTER TABLE directives ADD COLUMN node TEXT NOT NULL DEFAULT '';
+UPDATE directives SET node = coalesce((SELECT l.node FROM leases l
+    WHERE l.lease_id = directives.lease_id AND l.epoch = directives.epoch), '');
+CREATE TABLE guest_launches_v2 (
+    lease_id TEXT NOT NULL, epoch INTEGER NOT NULL, node TEXT NOT NULL, uri TEXT NOT NULL,
+    launched TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (node, lease_id, epoch)
+);
+INSERT INTO guest_launches_v2 SELECT lease_id, epoch, node, uri, launched, updated_at
+  FROM guest_launches;
+DROP TABLE guest_launches;
+ALTER TABLE guest_launches_v2 RENAME TO guest_launches;
+ALTER TABLE pilots ADD COLUMN node TEXT;
+UPDATE pilots SET node = (SELECT l.node FROM leases l
+    WHERE l.lease_id = pilots.lease_id AND l.epoch = pilots.epoch);
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+";
+
+/// Create the schema in a new database, or bring an older one up to [`SCHEMA_VERSION`], in
+/// one transaction: a failed migration leaves the file as it was.
+fn set_up(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let has_meta: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    let empty: bool = tx.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
+    if empty {
+        // Only possible before the first table: lets pruning give space back to the disk.
+        tx.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+    }
+    let version: i64 = if has_meta {
+        tx.query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )?
+    } else {
+        tx.execute_batch(SCHEMA)?;
+        SCHEMA_VERSION
+    };
+    match version {
+        1 => tx.execute_batch(MIGRATE_1_TO_2)?,
+        SCHEMA_VERSION => {}
+        newer => {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                Some(format!(
+                    "schema version {newer} is newer than this coordinator's {SCHEMA_VERSION}; run the newer coordinator or restore a backup"
+                )),
+            ));
+        }
+    }
+    tx.execute_batch(INDEXES)?;
+    tx.commit()
+}
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
@@ -229,8 +322,8 @@ impl Db {
                 source,
             })?;
         }
-        let conn = open_conn(path, OpenFlags::default())?;
-        conn.execute_batch(SCHEMA).map_err(|source| DbError::Open {
+        let mut conn = open_conn(path, OpenFlags::default())?;
+        set_up(&mut conn).map_err(|source| DbError::Open {
             path: path.to_path_buf(),
             source,
         })?;
@@ -407,6 +500,101 @@ pub fn rfc3339_ms(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The version 1 schema as the first release created it (tables only; its indexes do
+    /// not matter to the migration).
+    const SCHEMA_V1: &str = "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('schema_version', '1');
+    CREATE TABLE events (cursor INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL, type TEXT NOT NULL, lease_id TEXT, epoch INTEGER, seq INTEGER,
+        node TEXT, received_at TEXT NOT NULL, body TEXT NOT NULL);
+    CREATE TABLE nodes (name TEXT PRIMARY KEY, first_seen TEXT NOT NULL,
+        last_seen_ms INTEGER NOT NULL, last_job_id TEXT, last_lease TEXT, last_epoch INTEGER);
+    CREATE TABLE leases (lease_id TEXT NOT NULL, epoch INTEGER NOT NULL, node TEXT NOT NULL,
+        job_id TEXT, state TEXT NOT NULL, reason TEXT, error TEXT, note TEXT, memory_mib INTEGER,
+        cpus INTEGER, deadline TEXT, grace_secs INTEGER, reserved_at TEXT, ended_at TEXT,
+        last_seq INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, guests TEXT,
+        lost INTEGER NOT NULL DEFAULT 0, lost_at TEXT, PRIMARY KEY (lease_id, epoch));
+    CREATE TABLE directives (id INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT NOT NULL,
+        epoch INTEGER NOT NULL, type TEXT NOT NULL, deadline TEXT, status TEXT NOT NULL,
+        created_at TEXT NOT NULL, done_at TEXT);
+    CREATE INDEX directives_pending ON directives (lease_id, epoch, status);
+    CREATE TABLE guest_launches (lease_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+        node TEXT NOT NULL, uri TEXT NOT NULL, launched TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (lease_id, epoch));
+    CREATE TABLE pilots (job_id TEXT PRIMARY KEY, batch_system TEXT NOT NULL, origin TEXT NOT NULL,
+        submitted_at TEXT NOT NULL, memory TEXT, cpus INTEGER, time_limit TEXT, partition TEXT,
+        lease_id TEXT, epoch INTEGER, reserved_at TEXT);
+    INSERT INTO leases (lease_id, epoch, node, state, last_seq, last_seen_ms)
+        VALUES ('slot-1', 1, 'node-a', 'reserved', 3, 1000);
+    INSERT INTO directives (lease_id, epoch, type, status, created_at)
+        VALUES ('slot-1', 1, 'release', 'pending', '2026-12-01T00:00:00Z');
+    INSERT INTO guest_launches VALUES ('slot-1', 1, 'node-a', 'qemu:///system', '[]', 'x');
+    INSERT INTO pilots (job_id, batch_system, origin, submitted_at, lease_id, epoch)
+        VALUES ('77', 'slurm', 'pool', 'x', 'slot-1', 1);
+    ";
+
+    /// Issue #13, item 4: databases written before leases were keyed by node are migrated on
+    /// open, every row kept and given its node, and the same id can then exist per node.
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_keeping_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA_V1)
+            .unwrap();
+        let db = Db::open(&path).unwrap();
+        let (version, directive_node, pilot_node, launches) = db
+            .read(|c| {
+                let q = |sql: &str| c.query_row(sql, [], |r| r.get::<_, String>(0));
+                Ok((
+                    q("SELECT value FROM meta WHERE key = 'schema_version'")?,
+                    q("SELECT node FROM directives")?,
+                    q("SELECT node FROM pilots")?,
+                    q("SELECT node || ' ' || uri FROM guest_launches")?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, "2");
+        assert_eq!(
+            directive_node, "node-a",
+            "the directive took its lease's node"
+        );
+        assert_eq!(pilot_node, "node-a");
+        assert_eq!(launches, "node-a qemu:///system");
+        db.write(|c| {
+            c.execute_batch(
+                "INSERT INTO leases (lease_id, epoch, node, state, last_seq, last_seen_ms)
+                 VALUES ('slot-1', 1, 'node-b', 'reserved', 0, 2000)",
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("the same (lease_id, epoch) on another node is another lease");
+        db.close().await;
+        // Opening again changes nothing; a newer schema is refused, not downgraded.
+        let db = Db::open(&path).unwrap();
+        let n: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM leases", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        db.write(|c| {
+            c.execute_batch("UPDATE meta SET value = '3' WHERE key = 'schema_version'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        db.close().await;
+        let e = Db::open(&path)
+            .err()
+            .expect("a newer schema is refused")
+            .to_string();
+        assert!(e.contains("newer") && e.contains("backup"), "{e}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_are_batched_committed_and_isolated() {

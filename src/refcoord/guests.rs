@@ -528,7 +528,7 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
             state.tasks.push(tokio::spawn(async move {
                 // Never for a `reserved` that arrives after the lease's end (a late
                 // delivery): the state in the database is what counts, not the event.
-                if !is_reserved(&db, &lease, epoch).await {
+                if !is_reserved(&db, &node, &lease, epoch).await {
                     tracing::info!(%lease, epoch, %node, "no guests started: the lease is no longer reserved");
                     return;
                 }
@@ -537,11 +537,12 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
                     epoch,
                 };
                 let launched = {
-                    let (uri, db, lease) = (uri.clone(), db.clone(), lease.clone());
+                    let (uri, db, lease, node) =
+                        (uri.clone(), db.clone(), lease.clone(), node.clone());
                     let runtime = tokio::runtime::Handle::current();
                     tokio::task::spawn_blocking(move || {
                         let still_reserved =
-                            || runtime.block_on(is_reserved(&db, &lease, epoch));
+                            || runtime.block_on(is_reserved(&db, &node, &lease, epoch));
                         launch(&uri, &config.templates, &owner, memory_mib, &still_reserved)
                     })
                     .await
@@ -563,7 +564,7 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
                 // when the end's retirement found nothing recorded yet: retire here too
                 // (retiring twice is harmless).
                 if launched.iter().any(|l| l.status == "started")
-                    && !is_reserved(&db, &lease, epoch).await
+                    && !is_reserved(&db, &node, &lease, epoch).await
                 {
                     retire_and_record(&db, lease, epoch, node, uri, launched).await;
                 }
@@ -571,7 +572,7 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
         }
         body if body.ends_lease() && !matches!(body, IncomingBody::Unreserving { .. }) => {
             state.tasks.push(tokio::spawn(async move {
-                let found = match db.launches(lease.to_string(), epoch).await {
+                let found = match db.launches(node.clone(), lease.to_string(), epoch).await {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::error!(%lease, epoch, "cannot read guest launches: {e}");
@@ -593,8 +594,11 @@ pub fn after_event(state: &AppState, event: &IncomingEvent) {
 
 /// Is the lease epoch `reserved` in the database right now? An unreadable state counts as
 /// not reserved: a guest is started only for a lease known to be reserved.
-async fn is_reserved(db: &super::db::Db, lease: &LeaseId, epoch: u64) -> bool {
-    match db.lease_state(lease.to_string(), epoch).await {
+async fn is_reserved(db: &super::db::Db, node: &str, lease: &LeaseId, epoch: u64) -> bool {
+    match db
+        .lease_state(node.to_string(), lease.to_string(), epoch)
+        .await
+    {
         Ok(state) => state.as_deref() == Some("reserved"),
         Err(e) => {
             tracing::error!(%lease, epoch, "cannot read the lease's state: {e}");

@@ -5,8 +5,9 @@
 //! Invariants:
 //! - the event log is append-only; `event_id` is unique, so a re-delivered event is a no-op
 //!   that still gets the lease's pending directives back;
-//! - a lease row is keyed by `(lease_id, epoch)`, so events of an older epoch — delivered
-//!   late from a node's spool — never touch the newer lease;
+//! - a lease row is keyed by `(node, lease_id, epoch)`: epochs count per node, so the same
+//!   slot id on two nodes is two leases, and events of an older epoch — delivered late from
+//!   a node's spool — never touch the newer lease;
 //! - within an epoch the lease's state follows the event with the highest `seq`; an older
 //!   event only fills in fields that are still unknown.
 
@@ -49,6 +50,7 @@ pub fn apply_event(
     received: OffsetDateTime,
 ) -> Result<EventReply, DbError> {
     let lease = event.lease_id.as_str();
+    let node = event.node.as_str();
     let received_text = rfc3339(received);
     let received_ms = (received.unix_timestamp_nanos() / 1_000_000) as i64;
     let inserted = conn
@@ -69,7 +71,7 @@ pub fn apply_event(
     if inserted == 0 {
         return Ok(EventReply {
             status: IngestStatus::Duplicate,
-            directives: pending_directives(conn, lease, event.epoch)?,
+            directives: pending_directives(conn, node, lease, event.epoch)?,
         });
     }
     conn.prepare_cached(
@@ -88,7 +90,7 @@ pub fn apply_event(
         lease,
         event.epoch as i64
     ])?;
-    let existing = load_lease(conn, lease, event.epoch)?;
+    let existing = load_lease(conn, node, lease, event.epoch)?;
     let newer = existing
         .as_ref()
         .is_none_or(|row| event.seq as i64 >= row.last_seq);
@@ -103,7 +105,6 @@ pub fn apply_event(
     row.lost = false;
     if newer {
         row.last_seq = event.seq as i64;
-        row.node = event.node.clone();
         if event.job_id.is_some() {
             row.job_id = event.job_id.clone();
         }
@@ -112,23 +113,23 @@ pub fn apply_event(
     if event.body.ends_lease() {
         conn.prepare_cached(
             "UPDATE directives SET status = 'done', done_at = ?3
-             WHERE lease_id = ?1 AND epoch = ?2 AND status = 'pending'",
+             WHERE node = ?4 AND lease_id = ?1 AND epoch = ?2 AND status = 'pending'",
         )?
-        .execute(params![lease, event.epoch as i64, received_text])?;
+        .execute(params![lease, event.epoch as i64, received_text, node])?;
     }
     if let IncomingBody::Heartbeat { deadline, .. } = &event.body {
-        complete_shortens(conn, lease, event.epoch, *deadline, &received_text)?;
+        complete_shortens(conn, node, lease, event.epoch, *deadline, &received_text)?;
     }
     if let (IncomingBody::Reserved { .. }, Some(job)) = (&event.body, &event.job_id) {
         conn.prepare_cached(
-            "UPDATE pilots SET lease_id = ?2, epoch = ?3, reserved_at = ?4
+            "UPDATE pilots SET lease_id = ?2, epoch = ?3, reserved_at = ?4, node = ?5
              WHERE job_id = ?1 AND lease_id IS NULL",
         )?
-        .execute(params![job, lease, event.epoch as i64, received_text])?;
+        .execute(params![job, lease, event.epoch as i64, received_text, node])?;
     }
     Ok(EventReply {
         status: IngestStatus::Applied,
-        directives: pending_directives(conn, lease, event.epoch)?,
+        directives: pending_directives(conn, node, lease, event.epoch)?,
     })
 }
 
@@ -220,14 +221,19 @@ fn apply_body(row: &mut LeaseRow, event: &IncomingEvent, newer: bool, received: 
     }
 }
 
-fn load_lease(conn: &Connection, lease: &str, epoch: u64) -> Result<Option<LeaseRow>, DbError> {
+fn load_lease(
+    conn: &Connection,
+    node: &str,
+    lease: &str,
+    epoch: u64,
+) -> Result<Option<LeaseRow>, DbError> {
     let row = conn
         .prepare_cached(
             "SELECT node, job_id, state, reason, error, note, memory_mib, cpus, deadline, grace_secs,
                     reserved_at, ended_at, last_seq, last_seen_ms, guests, lost, lost_at
-             FROM leases WHERE lease_id = ?1 AND epoch = ?2",
+             FROM leases WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2",
         )?
-        .query_row(params![lease, epoch as i64], |r| {
+        .query_row(params![lease, epoch as i64, node], |r| {
             Ok(LeaseRow {
                 node: r.get(0)?,
                 job_id: r.get(1)?,
@@ -287,6 +293,7 @@ fn save_lease(conn: &Connection, lease: &str, epoch: u64, row: &LeaseRow) -> Res
 /// applied it: stop repeating it.
 fn complete_shortens(
     conn: &Connection,
+    node: &str,
     lease: &str,
     epoch: u64,
     reported: OffsetDateTime,
@@ -294,10 +301,12 @@ fn complete_shortens(
 ) -> Result<(), DbError> {
     let pending: Vec<(i64, String)> = conn
         .prepare_cached(
-            "SELECT id, deadline FROM directives WHERE lease_id = ?1 AND epoch = ?2
+            "SELECT id, deadline FROM directives WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2
              AND type = 'shorten' AND status = 'pending'",
         )?
-        .query_map(params![lease, epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![lease, epoch as i64, node], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     for (id, deadline) in pending {
         let asked =
@@ -312,17 +321,18 @@ fn complete_shortens(
     Ok(())
 }
 
-/// Pending directives for one lease epoch, oldest first.
+/// Pending directives for one lease epoch on one node, oldest first.
 pub fn pending_directives(
     conn: &Connection,
+    node: &str,
     lease: &str,
     epoch: u64,
 ) -> Result<Vec<Directive>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT type, deadline FROM directives
-         WHERE lease_id = ?1 AND epoch = ?2 AND status = 'pending' ORDER BY id",
+         WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2 AND status = 'pending' ORDER BY id",
     )?;
-    let rows = stmt.query_map(params![lease, epoch as i64], |r| {
+    let rows = stmt.query_map(params![lease, epoch as i64, node], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
     })?;
     let mut out = Vec::new();
@@ -358,16 +368,28 @@ pub enum DirectiveRequest {
 /// Why a directive was not created (the API maps these to 404/409/400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DirectiveRefusal {
-    /// No `reserved` event was ever received for this lease id.
+    /// No `reserved` event was ever received for this lease id (on that node).
     #[error("no reserved lease `{0}` is known")]
     UnknownLease(String),
+    /// The id is live on more than one node and no node was named.
+    #[error(
+        "lease `{lease}` is live on {} nodes: {}\n\nhint: name the node: /v1/nodes/{{node}}/leases/{lease}/...", nodes.len(), nodes.join(", ")
+    )]
+    Ambiguous {
+        /// The lease id.
+        lease: String,
+        /// The nodes it is live on.
+        nodes: Vec<String>,
+    },
     /// The current epoch has already ended or is ending.
     #[error(
-        "lease `{lease}` epoch {epoch} is already {state}\n\nhint: directives only reach a lease that is still reserved"
+        "lease `{lease}` epoch {epoch} on {node} is already {state}\n\nhint: directives only reach a lease that is still reserved"
     )]
     Ended {
         /// The lease.
         lease: String,
+        /// Its node.
+        node: String,
         /// Its current epoch.
         epoch: u64,
         /// Its state.
@@ -395,6 +417,8 @@ pub struct DirectiveView {
     pub kind: String,
     /// The lease.
     pub lease_id: String,
+    /// The node of the lease.
+    pub node: String,
     /// The epoch it targets.
     pub epoch: u64,
     /// New deadline (`shorten`).
@@ -409,27 +433,51 @@ pub struct DirectiveView {
     pub done_at: Option<String>,
 }
 
-/// Create a directive for the lease's current epoch (the newest epoch with a `reserved`).
-/// A second `release` returns the pending one; a new `shorten` supersedes older ones.
+/// Create a directive for the lease's current epoch (the newest epoch with a `reserved`)
+/// on `node`, or, without a node, on the one node where the id is live. A second `release`
+/// returns the pending one; a new `shorten` supersedes older ones.
 pub fn create_directive(
     conn: &Connection,
+    node: Option<&str>,
     lease: &str,
     request: DirectiveRequest,
     now: OffsetDateTime,
 ) -> Result<Result<DirectiveView, DirectiveRefusal>, DbError> {
-    let current: Option<(i64, String, Option<String>)> = conn
+    // Per node, its newest reserved epoch of this id (SQLite takes the other columns from
+    // the row holding the max).
+    let current: Vec<(String, i64, String, Option<String>)> = conn
         .prepare_cached(
-            "SELECT epoch, state, deadline FROM leases
-             WHERE lease_id = ?1 AND reserved_at IS NOT NULL ORDER BY epoch DESC LIMIT 1",
+            "SELECT node, max(epoch), state, deadline FROM leases
+             WHERE lease_id = ?1 AND (?2 IS NULL OR node = ?2) AND reserved_at IS NOT NULL
+             GROUP BY node ORDER BY node",
         )?
-        .query_row([lease], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((epoch, state, deadline)) = current else {
+        .query_map(params![lease, node], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let live = |state: &str| matches!(state, "reserved" | "reserving");
+    let live_nodes: Vec<String> = current
+        .iter()
+        .filter(|c| live(&c.2))
+        .map(|c| c.0.clone())
+        .collect();
+    if live_nodes.len() > 1 {
+        return Ok(Err(DirectiveRefusal::Ambiguous {
+            lease: lease.to_string(),
+            nodes: live_nodes,
+        }));
+    }
+    let chosen = current
+        .iter()
+        .find(|c| live(&c.2))
+        .or_else(|| current.first());
+    let Some((node, epoch, state, deadline)) = chosen.cloned() else {
         return Ok(Err(DirectiveRefusal::UnknownLease(lease.to_string())));
     };
-    if !matches!(state.as_str(), "reserved" | "reserving") {
+    if !live(&state) {
         return Ok(Err(DirectiveRefusal::Ended {
             lease: lease.to_string(),
+            node,
             epoch: epoch as u64,
             state,
         }));
@@ -439,10 +487,10 @@ pub fn create_directive(
         DirectiveRequest::Release => {
             let existing: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT id FROM directives WHERE lease_id = ?1 AND epoch = ?2
+                    "SELECT id FROM directives WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2
                      AND type = 'release' AND status = 'pending'",
                 )?
-                .query_row(params![lease, epoch], |r| r.get(0))
+                .query_row(params![lease, epoch, node], |r| r.get(0))
                 .optional()?;
             if let Some(id) = existing {
                 return Ok(Ok(directive_by_id(conn, id)?));
@@ -463,24 +511,25 @@ pub fn create_directive(
             }
             conn.prepare_cached(
                 "UPDATE directives SET status = 'superseded', done_at = ?3
-                 WHERE lease_id = ?1 AND epoch = ?2 AND type = 'shorten' AND status = 'pending'",
+                 WHERE node = ?4 AND lease_id = ?1 AND epoch = ?2 AND type = 'shorten'
+                   AND status = 'pending'",
             )?
-            .execute(params![lease, epoch, now_text])?;
+            .execute(params![lease, epoch, now_text, node])?;
             ("shorten", Some(rfc3339(requested)))
         }
     };
     conn.prepare_cached(
-        "INSERT INTO directives (lease_id, epoch, type, deadline, status, created_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+        "INSERT INTO directives (lease_id, epoch, type, deadline, status, created_at, node)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
     )?
-    .execute(params![lease, epoch, kind, new_deadline, now_text])?;
+    .execute(params![lease, epoch, kind, new_deadline, now_text, node])?;
     let view = directive_by_id(conn, conn.last_insert_rowid())?;
     log_coordinator_event(
         conn,
         "directive",
         lease,
         epoch,
-        None,
+        Some(&node),
         &now_text,
         json!({"directive": &view}),
     )?;
@@ -491,13 +540,13 @@ pub fn create_directive(
 pub fn directive_by_id(conn: &Connection, id: i64) -> Result<DirectiveView, DbError> {
     Ok(conn
         .prepare_cached(
-            "SELECT id, type, lease_id, epoch, deadline, status, created_at, done_at
+            "SELECT id, type, lease_id, epoch, deadline, status, created_at, done_at, node
              FROM directives WHERE id = ?1",
         )?
         .query_row([id], directive_from_row)?)
 }
 
-/// Map a `SELECT id, type, lease_id, epoch, deadline, status, created_at, done_at` row.
+/// Map a `SELECT id, type, lease_id, epoch, deadline, status, created_at, done_at, node` row.
 pub fn directive_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectiveView> {
     Ok(DirectiveView {
         id: r.get(0)?,
@@ -508,6 +557,7 @@ pub fn directive_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DirectiveVi
         status: r.get(5)?,
         created_at: r.get(6)?,
         done_at: r.get(7)?,
+        node: r.get(8)?,
     })
 }
 
@@ -544,12 +594,13 @@ fn log_coordinator_event(
     Ok(())
 }
 
-/// Flag reserved leases last heard from before `cutoff_ms`; returns them.
+/// Flag reserved leases last heard from before `cutoff_ms`; returns them as
+/// `(node, lease, epoch)`.
 pub fn mark_lost(
     conn: &Connection,
     cutoff_ms: i64,
     now: OffsetDateTime,
-) -> Result<Vec<(String, u64)>, DbError> {
+) -> Result<Vec<(String, String, u64)>, DbError> {
     let silent: Vec<(String, i64, String)> = conn
         .prepare_cached(
             "SELECT lease_id, epoch, node FROM leases
@@ -560,9 +611,10 @@ pub fn mark_lost(
     let now_text = rfc3339(now);
     for (lease, epoch, node) in &silent {
         conn.prepare_cached(
-            "UPDATE leases SET lost = 1, lost_at = ?3 WHERE lease_id = ?1 AND epoch = ?2",
+            "UPDATE leases SET lost = 1, lost_at = ?3
+             WHERE node = ?4 AND lease_id = ?1 AND epoch = ?2",
         )?
-        .execute(params![lease, epoch, now_text])?;
+        .execute(params![lease, epoch, now_text, node])?;
         log_coordinator_event(
             conn,
             "lost",
@@ -573,7 +625,31 @@ pub fn mark_lost(
             json!({"node": node}),
         )?;
     }
-    Ok(silent.into_iter().map(|(l, e, _)| (l, e as u64)).collect())
+    Ok(silent
+        .into_iter()
+        .map(|(l, e, n)| (n, l, e as u64))
+        .collect())
+}
+
+/// Heartbeats deleted per transaction, so pruning a large backlog never holds the writer
+/// (and every pilot's acknowledgement) for long.
+pub const PRUNE_BATCH: i64 = 5000;
+
+/// Delete up to [`PRUNE_BATCH`] pilot heartbeats received before `cutoff` (RFC 3339);
+/// returns how many went. Every other event stays: they are the leases' history.
+pub fn prune_heartbeats(conn: &Connection, cutoff: &str) -> Result<usize, DbError> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM events WHERE cursor IN (
+                 SELECT cursor FROM events
+                 WHERE type = 'heartbeat' AND source = 'pilot' AND received_at < ?1
+                 LIMIT ?2)",
+        )?
+        .execute(params![cutoff, PRUNE_BATCH])?;
+    // Give the freed pages back to the file system where the database allows it (new
+    // databases do; older ones reuse the pages, so the file stops growing).
+    conn.execute_batch("PRAGMA incremental_vacuum(1000);")?;
+    Ok(n)
 }
 
 /// A submitted pilot job.
@@ -633,17 +709,21 @@ pub fn record_launches(
     Ok(())
 }
 
-/// The launches recorded for a lease epoch, with the URI they used.
+/// The launches recorded for a lease epoch on a node, with the URI they used.
 pub fn launches(
     conn: &Connection,
+    node: &str,
     lease: &str,
     epoch: u64,
 ) -> Result<Option<(String, Vec<Launch>)>, DbError> {
     let row: Option<(String, String)> = conn
         .prepare_cached(
-            "SELECT uri, launched FROM guest_launches WHERE lease_id = ?1 AND epoch = ?2",
+            "SELECT uri, launched FROM guest_launches
+             WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2",
         )?
-        .query_row(params![lease, epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![lease, epoch as i64, node], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?;
     Ok(row.map(|(uri, json)| (uri, serde_json::from_str(&json).unwrap_or_default())))
 }
@@ -672,21 +752,30 @@ impl super::db::Db {
         .await
     }
 
-    /// The launches recorded for a lease epoch.
+    /// The launches recorded for a lease epoch on a node.
     pub async fn launches(
         &self,
+        node: String,
         lease: String,
         epoch: u64,
     ) -> Result<Option<(String, Vec<Launch>)>, DbError> {
-        self.read(move |conn| launches(conn, &lease, epoch)).await
+        self.read(move |conn| launches(conn, &node, &lease, epoch))
+            .await
     }
 
-    /// The stored state of a lease epoch (`None`: no such lease).
-    pub async fn lease_state(&self, lease: String, epoch: u64) -> Result<Option<String>, DbError> {
+    /// The stored state of a lease epoch on a node (`None`: no such lease).
+    pub async fn lease_state(
+        &self,
+        node: String,
+        lease: String,
+        epoch: u64,
+    ) -> Result<Option<String>, DbError> {
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached("SELECT state FROM leases WHERE lease_id = ?1 AND epoch = ?2")?
-                .query_row(params![lease, epoch as i64], |r| r.get(0))
+                .prepare_cached(
+                    "SELECT state FROM leases WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2",
+                )?
+                .query_row(params![lease, epoch as i64, node], |r| r.get(0))
                 .optional()?)
         })
         .await
@@ -702,20 +791,48 @@ impl super::db::Db {
     pub async fn mark_lost(
         &self,
         after: std::time::Duration,
-    ) -> Result<Vec<(String, u64)>, DbError> {
+    ) -> Result<Vec<(String, String, u64)>, DbError> {
         let cutoff = super::db::now_ms() - after.as_millis() as i64;
         self.write(move |conn| mark_lost(conn, cutoff, OffsetDateTime::now_utc()))
             .await
     }
 
-    /// Create a directive for the lease's current epoch.
+    /// Create a directive for the lease's current epoch (on `node`, or where it is live).
     pub async fn create_directive(
         &self,
+        node: Option<String>,
         lease: String,
         request: DirectiveRequest,
     ) -> Result<Result<DirectiveView, DirectiveRefusal>, DbError> {
-        self.write(move |conn| create_directive(conn, &lease, request, OffsetDateTime::now_utc()))
-            .await
+        self.write(move |conn| {
+            create_directive(
+                conn,
+                node.as_deref(),
+                &lease,
+                request,
+                OffsetDateTime::now_utc(),
+            )
+        })
+        .await
+    }
+
+    /// Delete heartbeats older than `retention`, batch by batch; returns how many went.
+    pub async fn prune_heartbeats(&self, retention: std::time::Duration) -> Result<usize, DbError> {
+        let cutoff = rfc3339(
+            OffsetDateTime::now_utc()
+                - time::Duration::try_from(retention).unwrap_or(time::Duration::MAX),
+        );
+        let mut total = 0;
+        loop {
+            let cutoff = cutoff.clone();
+            let n = self
+                .write(move |conn| prune_heartbeats(conn, &cutoff))
+                .await?;
+            total += n;
+            if (n as i64) < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Record a submitted pilot.

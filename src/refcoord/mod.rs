@@ -13,6 +13,11 @@
 //! - **Directives** (`release`, `shorten`) are created by an operator for a lease's current
 //!   epoch and returned in the reply to every event of exactly that lease and epoch until the
 //!   lease reports that it is ending. A directive can never reach another epoch.
+//! - **One lease per node**: leases, directives and guest launches are keyed by `(node,
+//!   lease_id, epoch)`; epochs count per node, so a slot id reused on two nodes is two
+//!   leases ([`db`] migrates older files).
+//! - **Retention**: heartbeats older than `heartbeat_retention` are pruned hourly; every
+//!   other event is kept.
 //! - **Lost leases**: a reserved lease silent for `lost_after` is flagged `lost` ([`run`]'s
 //!   background task); the pilot keeps to its own deadline whatever the coordinator thinks.
 //! - **Pool** ([`pool`]): `POST /v1/pilots` and an optional background loop run the project's
@@ -133,6 +138,7 @@ pub async fn run(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), C
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let lost_task = tokio::spawn(lost_loop(state.clone(), stop_rx.clone()));
+    let retention_task = tokio::spawn(retention_loop(state.clone(), stop_rx.clone()));
     let pool_task = pool.map(|p| tokio::spawn(pool::pool_loop(p, db.clone(), stop_rx.clone())));
     let shutdown = shutdown_signal()?;
     ready(addr);
@@ -150,6 +156,7 @@ pub async fn run(config: Config, ready: impl FnOnce(SocketAddr)) -> Result<(), C
     // committed write is checkpointed and the file is left clean.
     let _ = stop_tx.send(true);
     let _ = lost_task.await;
+    let _ = retention_task.await;
     if let Some(t) = pool_task {
         let _ = t.await;
     }
@@ -203,11 +210,35 @@ async fn lost_loop(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         match state.db.mark_lost(lost_after).await {
             Ok(leases) => {
-                for (lease, epoch) in leases {
-                    tracing::warn!(%lease, epoch, "lease lost: no event for {}", humantime::format_duration(lost_after));
+                for (node, lease, epoch) in leases {
+                    tracing::warn!(%node, %lease, epoch, "lease lost: no event for {}", humantime::format_duration(lost_after));
                 }
             }
             Err(e) => tracing::error!("lost-lease check failed: {e:#}"),
+        }
+    }
+}
+
+/// How often old heartbeats are pruned (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes heartbeats older than `heartbeat_retention`, at start and then hourly, until
+/// `stop` turns true.
+async fn retention_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let retention = state.config.heartbeat_retention;
+    loop {
+        match state.db.prune_heartbeats(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                "pruned heartbeats older than {}",
+                humantime::format_duration(retention)
+            ),
+            Err(e) => tracing::error!("pruning old heartbeats failed: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+            _ = stop.changed() => return,
         }
     }
 }

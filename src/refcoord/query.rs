@@ -155,7 +155,8 @@ const LEASE_COLUMNS: &str =
     "lease_id, epoch, node, job_id, state, reason, error, note, memory_mib, cpus,
      deadline, grace_secs, reserved_at, ended_at, last_seq, last_seen_ms, guests, lost, lost_at,
      (SELECT launched FROM guest_launches g
-      WHERE g.lease_id = leases.lease_id AND g.epoch = leases.epoch) AS launched";
+      WHERE g.node = leases.node AND g.lease_id = leases.lease_id AND g.epoch = leases.epoch)
+     AS launched";
 
 fn lease_from_row(r: &rusqlite::Row<'_>, now: OffsetDateTime) -> rusqlite::Result<LeaseView> {
     let state: String = r.get(4)?;
@@ -200,22 +201,28 @@ fn lease_from_row(r: &rusqlite::Row<'_>, now: OffsetDateTime) -> rusqlite::Resul
 
 fn with_directives(conn: &Connection, mut lease: LeaseView) -> Result<LeaseView, DbError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, type, lease_id, epoch, deadline, status, created_at, done_at FROM directives
-         WHERE lease_id = ?1 AND epoch = ?2 AND status = 'pending' ORDER BY id",
+        "SELECT id, type, lease_id, epoch, deadline, status, created_at, done_at, node
+         FROM directives
+         WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2 AND status = 'pending' ORDER BY id",
     )?;
     lease.pending_directives = stmt
         .query_map(
-            params![lease.lease_id, lease.epoch as i64],
+            params![lease.lease_id, lease.epoch as i64, lease.node],
             directive_from_row,
         )?
         .collect::<Result<_, _>>()?;
     Ok(lease)
 }
 
+/// The lease list's query (also the status page's).
+fn leases_sql() -> String {
+    format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY last_seen_ms DESC LIMIT ?1")
+}
+
 /// Leases, most recently heard from first.
 pub fn leases(conn: &Connection, limit: usize) -> Result<Vec<LeaseView>, DbError> {
     let now = OffsetDateTime::now_utc();
-    let sql = format!("SELECT {LEASE_COLUMNS} FROM leases ORDER BY last_seen_ms DESC LIMIT ?1");
+    let sql = leases_sql();
     let rows: Vec<LeaseView> = conn
         .prepare_cached(&sql)?
         .query_map([limit.min(MAX_LIST) as i64], |r| lease_from_row(r, now))?
@@ -223,43 +230,57 @@ pub fn leases(conn: &Connection, limit: usize) -> Result<Vec<LeaseView>, DbError
     rows.into_iter().map(|l| with_directives(conn, l)).collect()
 }
 
-/// One lease: `epoch`, or the newest epoch.
+/// One lease on `node`: `epoch`, or the newest epoch.
 pub fn lease(
     conn: &Connection,
+    node: &str,
     id: &str,
     epoch: Option<u64>,
 ) -> Result<Option<LeaseView>, DbError> {
     let now = OffsetDateTime::now_utc();
     let sql = format!(
-        "SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = ?1 AND (?2 IS NULL OR epoch = ?2)
+        "SELECT {LEASE_COLUMNS} FROM leases
+         WHERE node = ?3 AND lease_id = ?1 AND (?2 IS NULL OR epoch = ?2)
          ORDER BY epoch DESC LIMIT 1"
     );
     let row = conn
         .prepare_cached(&sql)?
-        .query_row(params![id, epoch.map(|e| e as i64)], |r| {
+        .query_row(params![id, epoch.map(|e| e as i64), node], |r| {
             lease_from_row(r, now)
         })
         .optional()?;
     row.map(|l| with_directives(conn, l)).transpose()
 }
 
-/// Every epoch number known for a lease id, newest first.
-pub fn epochs(conn: &Connection, id: &str) -> Result<Vec<u64>, DbError> {
+/// The nodes a lease id is known on, by name.
+pub fn nodes_of(conn: &Connection, id: &str) -> Result<Vec<String>, DbError> {
     Ok(conn
-        .prepare_cached("SELECT epoch FROM leases WHERE lease_id = ?1 ORDER BY epoch DESC")?
-        .query_map([id], |r| r.get::<_, i64>(0).map(|e| e as u64))?
+        .prepare_cached("SELECT DISTINCT node FROM leases WHERE lease_id = ?1 ORDER BY node")?
+        .query_map([id], |r| r.get(0))?
         .collect::<Result<_, _>>()?)
 }
 
+/// Every epoch known for a lease id on a node, newest first.
+pub fn epochs(conn: &Connection, node: &str, id: &str) -> Result<Vec<u64>, DbError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT epoch FROM leases WHERE node = ?2 AND lease_id = ?1 ORDER BY epoch DESC",
+        )?
+        .query_map(params![id, node], |r| r.get::<_, i64>(0).map(|e| e as u64))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// The node list's query: the counts search each node's leases by the key's node prefix.
+const NODES_SQL: &str =
+    "SELECT n.name, n.first_seen, n.last_seen_ms, n.last_job_id, n.last_lease, n.last_epoch,
+       (SELECT count(*) FROM leases l WHERE l.node = n.name AND l.lost = 0
+           AND l.state IN ('reserving', 'reserved', 'unreserving')),
+       (SELECT count(*) FROM leases l WHERE l.node = n.name AND (l.lost = 1 OR l.state = 'failed'))
+     FROM nodes n ORDER BY n.name LIMIT ?1";
+
 /// Nodes, by name.
 pub fn nodes(conn: &Connection) -> Result<Vec<NodeView>, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT n.name, n.first_seen, n.last_seen_ms, n.last_job_id, n.last_lease, n.last_epoch,
-           (SELECT count(*) FROM leases l WHERE l.node = n.name AND l.lost = 0
-               AND l.state IN ('reserving', 'reserved', 'unreserving')),
-           (SELECT count(*) FROM leases l WHERE l.node = n.name AND (l.lost = 1 OR l.state = 'failed'))
-         FROM nodes n ORDER BY n.name LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(NODES_SQL)?;
     let rows = stmt.query_map([MAX_LIST as i64], |r| {
         Ok(NodeView {
             name: r.get(0)?,
@@ -317,22 +338,27 @@ pub fn events(
     })
 }
 
+fn recent_events_sql() -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY cursor DESC LIMIT ?1")
+}
+
 /// The newest `limit` log entries, newest first (status page).
 pub fn recent_events(conn: &Connection, limit: usize) -> Result<Vec<EventView>, DbError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY cursor DESC LIMIT ?1");
+    let sql = recent_events_sql();
     Ok(conn
         .prepare_cached(&sql)?
         .query_map([limit.min(MAX_LIST) as i64], event_from_row)?
         .collect::<Result<_, _>>()?)
 }
 
+const PILOTS_SQL: &str =
+    "SELECT job_id, batch_system, origin, submitted_at, memory, cpus, time_limit, partition,
+            lease_id, epoch, reserved_at
+     FROM pilots ORDER BY submitted_at DESC LIMIT ?1";
+
 /// Submitted pilots, newest first.
 pub fn pilots(conn: &Connection, limit: usize) -> Result<Vec<PilotView>, DbError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT job_id, batch_system, origin, submitted_at, memory, cpus, time_limit, partition,
-                lease_id, epoch, reserved_at
-         FROM pilots ORDER BY submitted_at DESC, rowid DESC LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(PILOTS_SQL)?;
     let rows = stmt.query_map([limit.min(MAX_LIST) as i64], |r| {
         Ok(PilotView {
             job_id: r.get(0)?,
@@ -381,5 +407,53 @@ impl Db {
             snap
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue #13, item 3: the status page's queries ran unindexed correlated scans (every
+    /// node counted its leases by reading all of them). Each query's plan must read tables
+    /// only through an index, and sort nothing in a temporary tree.
+    #[tokio::test]
+    async fn the_status_page_and_list_queries_read_through_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::db::Db::open(&dir.path().join("c.db")).unwrap();
+        let queries = [
+            ("leases", leases_sql()),
+            ("nodes", NODES_SQL.to_string()),
+            ("events", recent_events_sql()),
+            ("pilots", PILOTS_SQL.to_string()),
+        ];
+        let plans = db
+            .read(move |c| {
+                let mut out = Vec::new();
+                for (name, sql) in queries {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let lines: Vec<String> = stmt
+                        .query_map([10], |r| r.get::<_, String>(3))?
+                        .collect::<Result<_, _>>()?;
+                    out.push((name, lines));
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap();
+        for (name, lines) in plans {
+            for line in &lines {
+                assert!(
+                    !line.contains("TEMP B-TREE"),
+                    "{name} sorts in a temporary tree: {lines:?}"
+                );
+                // `cursor` is the rowid: the event log's table is its own index.
+                let rowid_order = name == "events" && line == "SCAN events";
+                assert!(
+                    !line.starts_with("SCAN") || line.contains("USING") || rowid_order,
+                    "{name} scans a table without an index: {lines:?}"
+                );
+            }
+        }
     }
 }

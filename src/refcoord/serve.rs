@@ -160,7 +160,7 @@ where
             // Logged on the first refusal and then every 1000th: a flood must not also
             // flood the journal.
             let n = self.refused.fetch_add(1, Ordering::Relaxed);
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(
                     refused = n + 1,
                     "connection limit reached (max_connections): closing new connections"
