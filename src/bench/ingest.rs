@@ -29,13 +29,15 @@ use super::stats::{Summary, percentile};
 use super::{Ctx, ms};
 
 /// A server child process that printed `listening on http://ADDR`.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    url: String,
+    /// Its base URL.
+    pub(super) url: String,
 }
 
 impl Server {
-    fn start(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
+    /// Start `cmd`, its stderr to `log`, and wait for its address.
+    pub(super) fn start(mut cmd: Command, log: &Path) -> anyhow::Result<Server> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -59,7 +61,7 @@ impl Server {
     }
 
     /// SIGTERM and wait (bounded); the exit code.
-    fn stop(mut self) -> Option<i32> {
+    pub(super) fn stop(mut self) -> Option<i32> {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {
@@ -93,12 +95,13 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// A signed event body and its signature header.
-struct Signed {
+pub(super) struct Signed {
     body: Vec<u8>,
     header: String,
 }
 
-fn signed(secret: &Secret, body: String) -> Signed {
+/// Sign `body` now.
+pub(super) fn signed(secret: &Secret, body: String) -> Signed {
     let header = sign(secret, unix_now(), body.as_bytes());
     Signed {
         body: body.into_bytes(),
@@ -107,7 +110,7 @@ fn signed(secret: &Secret, body: String) -> Signed {
 }
 
 /// A protocol v1 `reserved` event for `lease` (epoch 1, seq 0) on one of 100 nodes.
-fn reserved(lease: &str, i: usize) -> String {
+pub(super) fn reserved(lease: &str, i: usize) -> String {
     let now = time::OffsetDateTime::now_utc();
     serde_json::json!({
         "protocol": 1, "event_id": uuid::Uuid::new_v4().to_string(), "lease_id": lease,
@@ -142,7 +145,7 @@ async fn post(http: &reqwest::Client, url: &str, s: &Signed) -> bool {
 }
 
 /// Send every body with `clients` concurrent workers; (accepted, elapsed).
-async fn blast(
+pub(super) async fn blast(
     http: &reqwest::Client,
     url: &str,
     bodies: Arc<Vec<Signed>>,
@@ -178,7 +181,7 @@ async fn blast(
 
 /// One heartbeat per pilot, spread evenly over `window`; latencies (ms) of the accepted
 /// ones from their scheduled time, and the count refused or failed.
-async fn heartbeats(
+pub(super) async fn heartbeats(
     http: &reqwest::Client,
     url: &str,
     secret: &Secret,

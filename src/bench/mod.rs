@@ -18,6 +18,7 @@
 
 pub mod baseline;
 pub mod coord;
+pub mod flood;
 pub mod ingest;
 pub mod libvirt;
 pub mod node;
@@ -50,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     lease: Option<humantime::Duration>,
     /// Only these groups (comma-separated): claim (also gives release), footprint,
-    /// node-lock, coordinator, libvirt (needs the test bed; skipped without it).
+    /// node-lock, coordinator, flood, libvirt (needs the test bed; skipped without it).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where bench.md and bench.json go (default: target/bench next to the binaries).
@@ -249,11 +250,12 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let mut figures = Vec::new();
     let mut failures = Vec::new();
     type Bench = fn(&Ctx, &mut Vec<report::Figure>, &mut Vec<String>) -> anyhow::Result<()>;
-    let groups: [(&str, Bench); 5] = [
+    let groups: [(&str, Bench); 6] = [
         ("claim", pilots::claim_release),
         ("footprint", pilots::footprint),
         ("node-lock", pilots::node_lock),
         ("coordinator", ingest::coordinator),
+        ("flood", flood::coordinator_under_flood),
         ("libvirt", libvirt::libvirt),
     ];
     for (name, bench) in groups {
