@@ -674,12 +674,20 @@ fn resolve_pool(raw: RawPool, path: &Path) -> Result<PoolConfig, ConfigError> {
             "write e.g. \"/var/log/vmpilot/pilot-%j.log\" (%j is the job id)",
         ));
     }
+    // Only this account's jobs: the coordinator submits the pilots as itself, and a batch
+    // user's job that is merely named `vmpilot` must not count as a queued pilot.
     let count_command = raw.count_command.unwrap_or_else(|| {
-        let argv: &[&str] = match batch_system {
-            BatchSystem::Slurm => &["squeue", "-h", "-n", "vmpilot", "-o", "%i"],
-            BatchSystem::Pbs => &["qselect", "-N", "vmpilot", "-s", "QR"],
+        let argv: Vec<&str> = match batch_system {
+            BatchSystem::Slurm => vec!["squeue", "-h", "--me", "-n", "vmpilot", "-o", "%i"],
+            BatchSystem::Pbs => vec!["qselect", "-N", "vmpilot", "-s", "QR"],
         };
-        argv.iter().map(|s| s.to_string()).collect()
+        let mut argv: Vec<String> = argv.into_iter().map(String::from).collect();
+        if batch_system == BatchSystem::Pbs
+            && let Ok(Some(me)) = nix::unistd::User::from_uid(nix::unistd::Uid::current())
+        {
+            argv.extend(["-u".to_string(), me.name]);
+        }
+        argv
     });
     if count_command.is_empty() {
         return Err(invalid(
@@ -850,6 +858,15 @@ mod tests {
         .unwrap();
         let p = c.pool.unwrap();
         assert_eq!(p.count_command[0], "qselect");
+        let me = nix::unistd::User::from_uid(nix::unistd::Uid::current())
+            .unwrap()
+            .unwrap()
+            .name;
+        assert_eq!(
+            p.count_command[p.count_command.len() - 2..],
+            ["-u".to_string(), me],
+            "only this account's jobs count as pilots"
+        );
         assert_eq!(p.submit_script, dir.path().join("submit"));
         assert_eq!(p.target, 2);
     }
