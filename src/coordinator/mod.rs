@@ -11,5 +11,7 @@ pub mod directive;
 pub mod event;
 pub mod outbox;
 pub mod report;
-pub mod signature;
 pub mod spool;
+
+/// Request and reply signatures live in the protocol crate, shared with the coordinator.
+pub use vmpilot_protocol::signature;

@@ -29,7 +29,7 @@ use super::message::{IngestStatus, MessageError, SUPPORTED_PROTOCOLS, parse_even
 use super::pool::SubmitRequest;
 use super::query;
 use super::web;
-use crate::coordinator::signature::{
+use vmpilot_protocol::signature::{
     SIGNATURE_HEADER, Secret, SignatureError, node_secret, sign, sign_reply, verify, verify_which,
 };
 

@@ -33,8 +33,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::guests::{GuestsConfig, Template, render};
-use crate::coordinator::signature::{Secret, SecretError};
 use crate::units;
+use vmpilot_protocol::signature::{Secret, SecretError};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
@@ -196,7 +196,7 @@ pub struct Config {
     pub secrets: Vec<Secret>,
     /// Node master secrets (one, or two during a rotation): an event claiming node N
     /// verifies only with N's key derived from one of them
-    /// ([`crate::coordinator::signature::node_secret`]).
+    /// ([`vmpilot_protocol::signature::node_secret`]).
     pub node_masters: Vec<Secret>,
     /// Bearer token for the operator endpoints; `None` disables them.
     pub admin_token: Option<Secret>,

@@ -28,7 +28,7 @@ use super::message::{IncomingBody, IncomingEvent};
 use crate::host::GuestOwner;
 use crate::host::libvirt::metadata::lease_metadata_xml;
 use crate::host::libvirt::{Conn, open_connection};
-use crate::lease::record::LeaseId;
+use vmpilot_protocol::lease_id::LeaseId;
 
 /// One configured template.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::lease::record::{LeaseId, node_name_problem};
+use vmpilot_protocol::lease_id::{LeaseId, node_name_problem};
 
 /// Protocol versions this coordinator accepts.
 pub const SUPPORTED_PROTOCOLS: [u64; 1] = [1];
