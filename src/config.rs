@@ -51,27 +51,7 @@ pub enum ConfigError {
     },
 }
 
-/// Which hypervisor backend hosts the guests.
-#[derive(Serialize, Deserialize, clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum HostBackend {
-    /// A file-backed stand-in for a hypervisor, for trying vmpilot out and for fast tests.
-    Simulated,
-    /// libvirt (KVM/QEMU).
-    Libvirt,
-    /// Xen through `xl`.
-    Xen,
-}
-
-impl fmt::Display for HostBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HostBackend::Simulated => "simulated",
-            HostBackend::Libvirt => "libvirt",
-            HostBackend::Xen => "xen",
-        })
-    }
-}
+pub use vmpilot_protocol::event::HostBackend;
 
 /// What happens to a lease's guests when the lease ends.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::coordinator::directive::{self, Directive};
-use crate::coordinator::event::{EventBody, EventEnvelope, Hypervisor};
+use crate::coordinator::event::{self, EventBody};
 use crate::coordinator::outbox::Outbox;
 use crate::coordinator::report;
 use crate::crashpoint::{self, Point};
@@ -326,7 +326,7 @@ impl Pilot {
             cpus: self.record.cpus,
             deadline: self.record.deadline,
             grace_secs: self.record.grace_secs,
-            hypervisor: Some(Hypervisor::from_config(&self.releaser.config)),
+            hypervisor: Some(event::hypervisor(&self.releaser.config)),
         };
         if let Err(e) = self.emit(reserved) {
             return self.abandon(e).await;
@@ -432,7 +432,7 @@ impl Pilot {
             loop {
                 tokio::time::sleep(interval.mul_f64(rand::random_range(0.9..1.1))).await;
                 let record = record_rx.borrow().clone();
-                let Some(reply) = outbox.send_now(&EventEnvelope::heartbeat(&record)).await else {
+                let Some(reply) = outbox.send_now(&event::heartbeat(&record)).await else {
                     continue;
                 };
                 for d in directive::for_lease(&reply, &record.lease_id, record.epoch) {
@@ -688,7 +688,7 @@ impl Pilot {
     /// would ignore it as older than what it already had. It is reported lost instead
     /// (logged whole), and the `recovered` event tells the coordinator how the lease ended.
     fn emit(&mut self, body: EventBody) -> anyhow::Result<()> {
-        let event = EventEnvelope::new(&mut self.record, body);
+        let event = event::next_event(&mut self.record, body);
         if let Err(e) = self.releaser.store.save(&self.record) {
             self.outbox.report_lost(
                 &event,

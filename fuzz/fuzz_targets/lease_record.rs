@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 reason: r.end_reason,
                 guests: r.guests.clone(),
             };
-            let envelope = EventEnvelope::new(&mut r, body);
+            let envelope = vmpilot::coordinator::event::next_event(&mut r, body);
             // The spool does `expect("event serializes")`: a loaded record must allow it.
             serde_json::to_vec(&envelope).expect("event from a loaded record serializes");
             serde_json::to_vec_pretty(&r).expect("loaded record serializes again");

@@ -1,195 +1,51 @@
-//! Pilot → coordinator event messages (protocol v1, docs/protocol.md).
-//!
-//! Every message carries the protocol version, a unique event id (the coordinator's
-//! idempotency key), the lease id and epoch, a per-lease sequence number, the node, the
-//! batch job and the time. The `type` field selects the body.
+//! Building the pilot's events from its lease record and config. The messages themselves
+//! (protocol v1, docs/protocol.md) are the protocol crate's: see `vmpilot_protocol::event`.
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use vmpilot_protocol::event::{EventBody, EventEnvelope, Hypervisor, PROTOCOL_VERSION};
+
 use crate::config::{Config, HostBackend};
-use crate::lease::record::{GuestFate, LeaseId, LeaseRecord};
-use crate::lease::{EndReason, LeaseState};
+use crate::lease::record::LeaseRecord;
 
-/// The protocol version this pilot speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// One event, as spooled and as POSTed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct EventEnvelope {
-    /// Protocol version.
-    pub protocol: u32,
-    /// Unique id; re-delivery of the same id must not be applied twice.
-    pub event_id: String,
-    /// Lease id.
-    pub lease_id: LeaseId,
-    /// Lease epoch.
-    pub epoch: u64,
-    /// Per-lease sequence number, from 0, without gaps in one pilot's run.
-    pub seq: u64,
-    /// Node name.
-    pub node: String,
-    /// Batch job id.
-    pub job_id: Option<String>,
-    /// When the event happened.
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    /// What happened.
-    #[serde(flatten)]
-    pub body: EventBody,
-}
-
-/// The node's hypervisor as a coordinator needs it to start guests for a lease.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Hypervisor {
-    /// The pilot's host backend.
-    pub backend: HostBackend,
-    /// The libvirt connection URI the pilot uses (`libvirt` only). It is local to the node
-    /// (e.g. `qemu:///system`); a remote coordinator maps it to a remote URI.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-}
-
-impl Hypervisor {
-    /// What a config's `[host]` section says.
-    pub fn from_config(config: &Config) -> Self {
-        Hypervisor {
-            backend: config.host.backend,
-            uri: (config.host.backend == HostBackend::Libvirt)
-                .then(|| config.host.libvirt.uri.clone()),
-        }
+/// The node's hypervisor as a config's `[host]` section describes it.
+pub fn hypervisor(config: &Config) -> Hypervisor {
+    Hypervisor {
+        backend: config.host.backend,
+        uri: (config.host.backend == HostBackend::Libvirt).then(|| config.host.libvirt.uri.clone()),
     }
 }
 
-/// The event-specific part.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum EventBody {
-    /// The node is hosting for this lease until `deadline`.
-    Reserved {
-        /// Memory for guests, MiB.
-        memory_mib: u64,
-        /// CPUs for guests.
-        cpus: u32,
-        /// The lease's "must be gone by" instant.
-        #[serde(with = "time::serde::rfc3339")]
-        deadline: OffsetDateTime,
-        /// Seconds before the deadline at which unreserving starts.
-        grace_secs: u64,
-        /// Where the lease's guests are to be defined (absent from pilots before it was
-        /// added; a coordinator then has to know the node's hypervisor itself).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        hypervisor: Option<Hypervisor>,
-    },
-    /// The lease is alive and holds the node (sent while reserved, not spooled: a late
-    /// heartbeat is worthless). Its `seq` is that of the last durable event.
-    Heartbeat {
-        /// The current deadline.
-        #[serde(with = "time::serde::rfc3339")]
-        deadline: OffsetDateTime,
-        /// The lease state.
-        state: LeaseState,
-    },
-    /// The lease is ending; guests are being stopped.
-    Unreserving {
-        /// Why.
-        reason: EndReason,
-        /// The signal, when a signal ended it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        signal: Option<String>,
-    },
-    /// The node is restored for this lease.
-    Unreserved {
-        /// Why the lease ended.
-        reason: EndReason,
-        /// Each guest's fate.
-        guests: Vec<GuestFate>,
-    },
-    /// Restoring failed; the node needs an admin or `recover`.
-    Failed {
-        /// Why the lease ended.
-        reason: Option<EndReason>,
-        /// What went wrong.
-        error: String,
-        /// Each guest's fate.
-        guests: Vec<GuestFate>,
-    },
-    /// `recover` finished a lease whose pilot was gone.
-    Recovered {
-        /// `unreserved` or `failed`.
-        outcome: LeaseState,
-        /// Why the lease ended.
-        reason: Option<EndReason>,
-        /// Each guest's fate.
-        guests: Vec<GuestFate>,
-    },
-    /// An admin's kill-all ended the lease.
-    Killed {
-        /// Who ran it (user name).
-        by: String,
-        /// The admin's reason.
-        why: String,
-        /// `unreserved` or `failed`.
-        outcome: LeaseState,
-    },
-    /// While reserved, the lease's running guests use more memory or CPUs than it was
-    /// given (`[host] over_budget`); the lease goes on.
-    OverBudget {
-        /// What was found: the guests and their totals against the lease's.
-        detail: String,
-        /// What the pilot did: `reported`, or which guests it stopped (`stop-newest`).
-        action: String,
-    },
-}
-
-impl EventBody {
-    /// The `type` name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            EventBody::Reserved { .. } => "reserved",
-            EventBody::Heartbeat { .. } => "heartbeat",
-            EventBody::Unreserving { .. } => "unreserving",
-            EventBody::Unreserved { .. } => "unreserved",
-            EventBody::Failed { .. } => "failed",
-            EventBody::Recovered { .. } => "recovered",
-            EventBody::Killed { .. } => "killed",
-            EventBody::OverBudget { .. } => "over-budget",
-        }
+/// A heartbeat for `record`: not durable, so it takes no sequence number of its own.
+pub fn heartbeat(record: &LeaseRecord) -> EventEnvelope {
+    EventEnvelope {
+        protocol: PROTOCOL_VERSION,
+        event_id: uuid::Uuid::new_v4().to_string(),
+        lease_id: record.lease_id.clone(),
+        epoch: record.epoch,
+        seq: record.next_seq.saturating_sub(1),
+        node: record.node.clone(),
+        job_id: record.job_id.clone(),
+        time: OffsetDateTime::now_utc(),
+        body: EventBody::Heartbeat {
+            deadline: record.deadline,
+            state: record.state,
+        },
     }
 }
 
-impl EventEnvelope {
-    /// A heartbeat for `record`: not durable, so it takes no sequence number of its own.
-    pub fn heartbeat(record: &LeaseRecord) -> Self {
-        EventEnvelope {
-            protocol: PROTOCOL_VERSION,
-            event_id: uuid::Uuid::new_v4().to_string(),
-            lease_id: record.lease_id.clone(),
-            epoch: record.epoch,
-            seq: record.next_seq.saturating_sub(1),
-            node: record.node.clone(),
-            job_id: record.job_id.clone(),
-            time: OffsetDateTime::now_utc(),
-            body: EventBody::Heartbeat {
-                deadline: record.deadline,
-                state: record.state,
-            },
-        }
-    }
-
-    /// A new event for `record`, taking its next sequence number (the caller persists the
-    /// record afterwards so numbers are never reused).
-    pub fn new(record: &mut LeaseRecord, body: EventBody) -> Self {
-        EventEnvelope {
-            protocol: PROTOCOL_VERSION,
-            event_id: uuid::Uuid::new_v4().to_string(),
-            lease_id: record.lease_id.clone(),
-            epoch: record.epoch,
-            seq: record.take_seq(),
-            node: record.node.clone(),
-            job_id: record.job_id.clone(),
-            time: OffsetDateTime::now_utc(),
-            body,
-        }
+/// A new event for `record`, taking its next sequence number (the caller persists the
+/// record afterwards so numbers are never reused).
+pub fn next_event(record: &mut LeaseRecord, body: EventBody) -> EventEnvelope {
+    EventEnvelope {
+        protocol: PROTOCOL_VERSION,
+        event_id: uuid::Uuid::new_v4().to_string(),
+        lease_id: record.lease_id.clone(),
+        epoch: record.epoch,
+        seq: record.take_seq(),
+        node: record.node.clone(),
+        job_id: record.job_id.clone(),
+        time: OffsetDateTime::now_utc(),
+        body,
     }
 }

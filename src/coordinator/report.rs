@@ -6,7 +6,7 @@
 //! interrupted with [`resume`] (the same events again: same ids, so the coordinator takes
 //! them once) or, when no event was written yet, [`report_end`] with [`end_body`].
 
-use super::event::{EventBody, EventEnvelope};
+use super::event::{self, EventBody, EventEnvelope};
 use super::outbox::Outbox;
 use crate::crashpoint::{self, Point};
 use crate::lease::record::{EndReport, LeaseRecord};
@@ -42,7 +42,7 @@ pub fn report_end(
 ) -> anyhow::Result<()> {
     let events: Vec<EventEnvelope> = bodies
         .into_iter()
-        .map(|body| EventEnvelope::new(record, body))
+        .map(|body| event::next_event(record, body))
         .collect();
     record.end_report = EndReport::Spooling {
         events: events.clone(),

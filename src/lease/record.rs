@@ -10,6 +10,7 @@ use crate::process::ProcessIdentity;
 /// Format version of lease records; bumped on incompatible changes.
 pub const RECORD_VERSION: u32 = 1;
 
+pub use vmpilot_protocol::event::GuestFate;
 pub use vmpilot_protocol::lease_id::{BadLeaseId, LeaseId, node_name_problem};
 
 /// One step of a lease's history, kept in the record for post-mortems.
@@ -22,18 +23,6 @@ pub struct HistoryEntry {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-}
-
-/// What happened to one guest when its lease ended.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct GuestFate {
-    /// Domain name.
-    pub name: String,
-    /// `shut-down`, `destroyed`, `suspended`, `already-stopped` or `failed`.
-    pub fate: String,
-    /// Where a suspended guest was saved, or why stopping failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
 }
 
 /// The persisted lease.
@@ -102,7 +91,7 @@ pub enum EndReport {
     /// These events report the end; they may or may not be in the spool yet.
     Spooling {
         /// The events, exactly as spooled.
-        events: Vec<crate::coordinator::event::EventEnvelope>,
+        events: Vec<vmpilot_protocol::event::EventEnvelope>,
     },
 }
 

@@ -3,10 +3,14 @@
 //! and any other coordinator can depend on it alone.
 //!
 //! - [`lease_id`]: lease ids (also file names on the node) and node names (host names);
+//! - [`state`]: lease states and end reasons;
+//! - [`event`]: the events a pilot sends, guest fates, the node's hypervisor;
 //! - [`signature`]: HMAC-SHA256 request and reply signatures, secrets and per-node keys.
 //!
-//! Issue #14 moves the rest of the wire format here next: lease states, end reasons, guest
-//! fates, events, directives and the guest `<metadata>` element.
+//! Still to move here (issue #14): directives and the guest `<metadata>` element, and the
+//! coordinator's own reading of events (today mirror types in its `message` module).
 
+pub mod event;
 pub mod lease_id;
 pub mod signature;
+pub mod state;
