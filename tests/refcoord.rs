@@ -186,15 +186,15 @@ fn every_pilot_message_validates_against_its_schema() {
     assert!(!schema("event-reserved.json").is_valid(&missing));
 
     // Directives as the pilot reads them.
-    use vmpilot::refcoord::message::Directive;
+    use vmpilot_protocol::directive::Directive;
     let release = serde_json::to_value(Directive::Release {
-        lease_id: "l".into(),
+        lease_id: "l".parse().unwrap(),
         epoch: 2,
     })
     .unwrap();
     assert_valid("directive-release.json", &release);
     let shorten = serde_json::to_value(Directive::Shorten {
-        lease_id: "l".into(),
+        lease_id: "l".parse().unwrap(),
         epoch: 2,
         deadline,
     })

@@ -6,44 +6,9 @@
 //! logged, never applied. Replies the pilot cannot read are ignored too: the pilot keeps its
 //! own deadline whatever the coordinator says or fails to say.
 
-use serde::Deserialize;
-use time::OffsetDateTime;
+pub use vmpilot_protocol::directive::Directive;
 
 use crate::lease::record::LeaseId;
-
-/// One directive.
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Directive {
-    /// End the lease now.
-    Release {
-        /// The lease.
-        lease_id: LeaseId,
-        /// The epoch it is meant for.
-        epoch: u64,
-    },
-    /// A new, earlier deadline.
-    Shorten {
-        /// The lease.
-        lease_id: LeaseId,
-        /// The epoch it is meant for.
-        epoch: u64,
-        /// The new deadline (ignored if later than the current one).
-        #[serde(with = "time::serde::rfc3339")]
-        deadline: OffsetDateTime,
-    },
-}
-
-impl Directive {
-    fn target(&self) -> (&LeaseId, u64) {
-        match self {
-            Directive::Release { lease_id, epoch }
-            | Directive::Shorten {
-                lease_id, epoch, ..
-            } => (lease_id, *epoch),
-        }
-    }
-}
 
 /// The directives in a reply body that are meant for exactly this lease and epoch.
 /// Everything else — other leases, stale epochs, unknown types, unreadable bodies — is logged

@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use super::db::{DbError, rfc3339};
 use super::guests::Launch;
 use super::message::{Directive, EventReply, GuestFate, IncomingBody, IncomingEvent, IngestStatus};
+use vmpilot_protocol::lease_id::LeaseId;
 
 /// A lease row while it is being updated.
 #[derive(Debug, Default, Clone)]
@@ -71,7 +72,7 @@ pub fn apply_event(
     if inserted == 0 {
         return Ok(EventReply {
             status: IngestStatus::Duplicate,
-            directives: pending_directives(conn, node, lease, event.epoch)?,
+            directives: pending_directives(conn, node, &event.lease_id, event.epoch)?,
         });
     }
     conn.prepare_cached(
@@ -129,7 +130,7 @@ pub fn apply_event(
     }
     Ok(EventReply {
         status: IngestStatus::Applied,
-        directives: pending_directives(conn, node, lease, event.epoch)?,
+        directives: pending_directives(conn, node, &event.lease_id, event.epoch)?,
     })
 }
 
@@ -325,14 +326,14 @@ fn complete_shortens(
 pub fn pending_directives(
     conn: &Connection,
     node: &str,
-    lease: &str,
+    lease: &LeaseId,
     epoch: u64,
 ) -> Result<Vec<Directive>, DbError> {
     let mut stmt = conn.prepare_cached(
         "SELECT type, deadline FROM directives
          WHERE node = ?3 AND lease_id = ?1 AND epoch = ?2 AND status = 'pending' ORDER BY id",
     )?;
-    let rows = stmt.query_map(params![lease, epoch as i64, node], |r| {
+    let rows = stmt.query_map(params![lease.as_str(), epoch as i64, node], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
     })?;
     let mut out = Vec::new();
@@ -343,12 +344,12 @@ pub fn pending_directives(
         });
         out.push(match (kind.as_str(), deadline) {
             ("shorten", Some(deadline)) => Directive::Shorten {
-                lease_id: lease.to_string(),
+                lease_id: lease.clone(),
                 epoch,
                 deadline,
             },
             _ => Directive::Release {
-                lease_id: lease.to_string(),
+                lease_id: lease.clone(),
                 epoch,
             },
         });

@@ -226,28 +226,8 @@ pub fn parse_event(body: &[u8]) -> Result<IncomingEvent, MessageError> {
     Ok(event)
 }
 
-/// A directive as sent to the pilot in an event reply.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Directive {
-    /// End the lease now.
-    Release {
-        /// The lease.
-        lease_id: String,
-        /// The epoch it applies to; any other epoch ignores it.
-        epoch: u64,
-    },
-    /// Bring the deadline forward.
-    Shorten {
-        /// The lease.
-        lease_id: String,
-        /// The epoch it applies to.
-        epoch: u64,
-        /// The new, earlier deadline.
-        #[serde(with = "time::serde::rfc3339")]
-        deadline: OffsetDateTime,
-    },
-}
+/// Directives go to the pilot in the protocol crate's form, the one the pilot reads.
+pub use vmpilot_protocol::directive::Directive;
 
 /// Whether an event was stored now or had been already.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +300,7 @@ mod tests {
     #[test]
     fn directives_have_the_documented_shape() {
         let d = Directive::Release {
-            lease_id: "l".into(),
+            lease_id: "l".parse().unwrap(),
             epoch: 3,
         };
         assert_eq!(

@@ -5,11 +5,13 @@
 //! - [`lease_id`]: lease ids (also file names on the node) and node names (host names);
 //! - [`state`]: lease states and end reasons;
 //! - [`event`]: the events a pilot sends, guest fates, the node's hypervisor;
+//! - [`directive`]: what a coordinator may ask of a lease in its reply;
 //! - [`signature`]: HMAC-SHA256 request and reply signatures, secrets and per-node keys.
 //!
-//! Still to move here (issue #14): directives and the guest `<metadata>` element, and the
-//! coordinator's own reading of events (today mirror types in its `message` module).
+//! Still to move here (issue #14): the guest `<metadata>` element, and the coordinator's
+//! own reading of events (today mirror types in its `message` module).
 
+pub mod directive;
 pub mod event;
 pub mod lease_id;
 pub mod signature;
