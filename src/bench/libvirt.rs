@@ -4,11 +4,13 @@
 //! doing the same to the same guests in a shell loop, in the same run.
 //!
 //! The group is skipped (with a note, not a failure) when libvirt or the test bed's guest
-//! kernel is missing. Guests are named `vmpilot-bench-*` and removed afterwards, also when a
-//! run fails.
+//! kernel is missing. Guests are named `vmpilot-bench-*-PID` and removed afterwards, also when
+//! a run fails or is interrupted (SIGINT/SIGTERM), and guests an earlier run left behind
+//! (its PID gone) are removed first.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -85,6 +87,10 @@ impl Guests {
             )
         });
         for i in 0..n {
+            anyhow::ensure!(
+                !INTERRUPTED.load(Ordering::SeqCst),
+                "interrupted: no more guests"
+            );
             let name = format!("vmpilot-bench-{prefix}-{i}-{}", std::process::id());
             let console = dir.join(format!("{name}.console"));
             let _ = std::fs::remove_file(&console);
@@ -263,6 +269,77 @@ pub fn libvirt(
         eprintln!("vmpilot-bench: libvirt skipped: {why}");
         return Ok(());
     }
+    let swept = sweep(|pid| !alive(pid));
+    if swept > 0 {
+        eprintln!("vmpilot-bench: removed {swept} guest(s) an interrupted run left defined");
+    }
+    // Interrupted (Ctrl-C, SIGTERM), this run removes its own guests before it exits: the
+    // `Guests` drop guards do not run when a signal ends the process.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let handle = signals.handle();
+    let cleaner = std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            // Stop new guests first, let a `virsh define` in flight finish, then sweep
+            // until a pass finds nothing left.
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(500));
+            let me = std::process::id();
+            let mut n = 0;
+            loop {
+                let removed = sweep(|pid| pid == me);
+                n += removed;
+                if removed == 0 {
+                    break;
+                }
+            }
+            eprintln!("vmpilot-bench: interrupted; removed {n} guest(s) of this run");
+            std::process::exit(128 + sig);
+        }
+    });
+    let result = run_libvirt(ctx, figures, failures);
+    handle.close();
+    let _ = cleaner.join();
+    result
+}
+
+/// Set when SIGINT/SIGTERM arrived during the libvirt group: no guest is defined after it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Destroy and undefine every `vmpilot-bench-*-PID` guest whose PID `matches`; how many.
+fn sweep(matches: impl Fn(u32) -> bool) -> usize {
+    let Ok(list) = virsh(&["list", "--all", "--name"]) else {
+        return 0;
+    };
+    let mut n = 0;
+    for name in list.lines().map(str::trim) {
+        let pid = name
+            .strip_prefix("vmpilot-bench-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(&matches) {
+            let _ = virsh(&["destroy", name]);
+            if virsh(&["undefine", "--managed-save", name]).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Is process `pid` alive (a guest's creator that may still clean up after itself)?
+fn alive(pid: u32) -> bool {
+    i32::try_from(pid)
+        .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok())
+}
+
+fn run_libvirt(
+    ctx: &Ctx,
+    figures: &mut Vec<Figure>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
     // The real-libvirt tests' lock (tests/common/mod.rs): shared, so a test that restarts
     // libvirtd waits for the benchmark and the other way round.
     let lock = std::fs::File::options()
