@@ -43,17 +43,8 @@ pub struct IncomingEvent {
     pub body: IncomingBody,
 }
 
-/// A guest's fate as reported when a lease ends.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
-pub struct GuestFate {
-    /// Domain name.
-    pub name: String,
-    /// `shut-down`, `destroyed`, `suspended`, `already-stopped` or `failed`.
-    pub fate: String,
-    /// Detail (save path, error).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
+/// Guest fates are read in the protocol crate's form (name, fate, detail).
+pub use vmpilot_protocol::event::GuestFate;
 
 /// The node's hypervisor as a `reserved` event reports it.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
