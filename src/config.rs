@@ -356,6 +356,26 @@ pub struct Overrides {
     pub grace: Option<Duration>,
 }
 
+/// Is `filter` levels and `target=level` pairs only? The config is read by root commands,
+/// and `tracing`'s full filter syntax (span and field filters with regexes) can take seconds
+/// to compile on a crafted value (found by the `config` fuzz target); RUST_LOG still
+/// takes the full syntax from whoever runs the command.
+fn is_simple_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level_ok = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    filter.len() <= 256
+        && filter.split(',').all(|d| match d.trim().split_once('=') {
+            None => level_ok(d.trim()),
+            Some((target, level)) => {
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+                    && level_ok(level)
+            }
+        })
+}
+
 impl Config {
     /// Validate `raw`, apply flag overrides, and fill in defaults.
     pub fn resolve(raw: RawConfig, source: &Path, o: &Overrides) -> Result<Config, ConfigError> {
@@ -418,11 +438,13 @@ impl Config {
             file: raw.log.file.unwrap_or(true),
             level: raw.log.level.unwrap_or_else(|| "info".into()),
         };
-        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        if !is_simple_log_filter(&log.level)
+            || tracing_subscriber::EnvFilter::try_new(&log.level).is_err()
+        {
             return Err(invalid(
                 "log.level",
-                format!("`{}` is not a log filter", log.level),
-                "use error, warn, info, debug or trace",
+                format!("`{}` is not a log filter", log.level.escape_debug()),
+                "use error, warn, info, debug or trace, or `target=level` pairs separated by commas (span filters belong in RUST_LOG)",
             ));
         }
         let metrics_textfile = raw.metrics.textfile;
@@ -729,6 +751,38 @@ mod tests {
         assert_eq!(c.host.over_budget, OverBudgetPolicy::Report);
         assert_eq!(c.lease.grace, Duration::from_secs(60));
         assert!(c.coordinator.is_none());
+    }
+
+    /// Found by the `config` fuzz target: a span filter with a crafted field pattern made
+    /// `EnvFilter` compile a regex for over 10 s. The config takes levels and
+    /// `target=level` pairs only, and refuses the rest at once.
+    #[test]
+    fn log_levels_are_plain_directives_only() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,vmpilot=debug",
+            "vmpilot::pilot=trace,hyper=off",
+        ] {
+            let c = resolve(&format!("[log]\nlevel = \"{ok}\"\n")).unwrap();
+            assert_eq!(c.log.level, ok);
+        }
+        let crafted = format!(
+            "din[te{}{{G=GG{}GGGGG1mmmmm}}mmmmmm",
+            "G".repeat(33),
+            ".".repeat(50)
+        );
+        for bad in [
+            crafted.as_str(),
+            "loud",
+            "x[span]=info",
+            "=info",
+            "vmpilot=loud",
+            &"a".repeat(300),
+        ] {
+            let e = err(&format!("[log]\nlevel = \"{bad}\"\n"));
+            assert!(e.contains("log.level") && e.contains("hint:"), "{bad}: {e}");
+        }
     }
 
     #[test]

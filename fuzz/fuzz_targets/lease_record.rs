@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use vmpilot::coordinator::event::{EventBody, EventEnvelope};
+use vmpilot::coordinator::event::EventBody;
 use vmpilot::lease::Event;
 use vmpilot::lease::store::{StoreError, parse_record};
 
