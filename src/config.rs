@@ -358,9 +358,9 @@ pub struct Overrides {
 
 /// Is `filter` levels and `target=level` pairs only? The config is read by root commands,
 /// and `tracing`'s full filter syntax (span and field filters with regexes) can take seconds
-/// to compile on a crafted value (found by the `config` fuzz target); RUST_LOG still
-/// takes the full syntax from whoever runs the command.
-fn is_simple_log_filter(filter: &str) -> bool {
+/// to compile on a crafted value (found by the `config` fuzz target). `RUST_LOG` is held
+/// to the same syntax (`commands::init_logging`).
+pub fn is_simple_log_filter(filter: &str) -> bool {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let level_ok = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
     filter.len() <= 256

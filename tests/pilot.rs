@@ -658,3 +658,66 @@ fn a_panic_while_stopping_guests_fails_the_lease_instead_of_restoring_it() {
     assert_eq!(node.guest_state("g-panicky"), "shut-off");
     assert!(node.reservations().is_empty());
 }
+
+/// `RUST_LOG` comes from the job's environment. Tracing's span/field filter syntax can take
+/// seconds to compile on a crafted value (the `config` fuzz target found one for
+/// `[log] level`), so the pilot takes only levels and `target=level` pairs from it: a
+/// crafted value is ignored with a warning and the lease runs as configured. A plain one
+/// is still honoured.
+#[test]
+fn a_crafted_rust_log_is_ignored_and_a_plain_one_is_honoured() {
+    let node = Node::new("");
+    let crafted = format!(
+        "din[te{}{{G=GG{}GGGGG1mmmmm}}mmmmmm",
+        "G".repeat(33),
+        ".".repeat(50)
+    );
+    let out = node
+        .cmd(&[
+            "run",
+            "--memory",
+            "1G",
+            "--walltime",
+            "2s",
+            "--grace",
+            "1s",
+            "--lease-id",
+            "rl1",
+        ])
+        .env("RUST_LOG", &crafted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("RUST_LOG ignored"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(node.record("rl1").unwrap()["state"], "unreserved");
+    let out = node
+        .cmd(&[
+            "run",
+            "--memory",
+            "1G",
+            "--walltime",
+            "2s",
+            "--grace",
+            "1s",
+            "--lease-id",
+            "rl2",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("RUST_LOG ignored"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("INFO"),
+        "RUST_LOG=warn hides the info lines: {}",
+        stderr(&out)
+    );
+}

@@ -57,12 +57,29 @@ impl Globals {
 
 /// Send logs to stderr (above the live status line) and, if configured and possible, to
 /// `{state_dir}/vmpilot.log`. `RUST_LOG` overrides the configured level.
+///
+/// `RUST_LOG` comes from the environment, which for a pilot is the job's (`--export=ALL`
+/// brings the submitter's): it is held to the same plain syntax as `[log] level`, because
+/// tracing's span/field filters can take seconds to compile on a crafted value.
 pub fn init_logging(config: &Config) {
     // The HTTP stack's debug output (connection pooling) drowns vmpilot's own lines.
     let quiet = "hyper=warn,hyper_util=warn,reqwest=warn,rustls=warn";
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let env_ok = from_env
+        .as_deref()
+        .is_some_and(crate::config::is_simple_log_filter);
+    if from_env.is_some() && !env_ok {
+        eprintln!(
+            "vmpilot: warning: RUST_LOG ignored: only levels and target=level pairs are taken (using [log] level = {:?})",
+            config.log.level
+        );
+    }
     let filter = || {
-        EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("{},{quiet}", config.log.level)))
+        from_env
+            .as_deref()
+            .filter(|_| env_ok)
+            .and_then(|v| EnvFilter::try_new(v).ok())
+            .unwrap_or_else(|| EnvFilter::new(format!("{},{quiet}", config.log.level)))
     };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(|| crate::progress::LogWriter)
