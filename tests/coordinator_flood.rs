@@ -173,12 +173,7 @@ fn limits_out_of_range_are_config_errors_naming_the_key() {
             format!("secret_files = [\"secret\"]\nadmin_token_file = \"admin-token\"\n{extra}"),
         )
         .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-            .arg("--config")
-            .arg(dir.path().join("c.toml"))
-            .arg("--check-config")
-            .output()
-            .unwrap();
+        let out = common::refcoord::check_config(&dir.path().join("c.toml"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{extra}: {err}");
         assert!(err.contains(key) && err.contains("hint:"), "{extra}: {err}");

@@ -673,17 +673,7 @@ fn a_crafted_rust_log_is_ignored_and_a_plain_one_is_honoured() {
         ".".repeat(50)
     );
     let out = node
-        .cmd(&[
-            "run",
-            "--memory",
-            "1G",
-            "--walltime",
-            "2s",
-            "--grace",
-            "1s",
-            "--lease-id",
-            "rl1",
-        ])
+        .short_lease("rl1")
         .env("RUST_LOG", &crafted)
         .output()
         .unwrap();
@@ -695,17 +685,7 @@ fn a_crafted_rust_log_is_ignored_and_a_plain_one_is_honoured() {
     );
     assert_eq!(node.record("rl1").unwrap()["state"], "unreserved");
     let out = node
-        .cmd(&[
-            "run",
-            "--memory",
-            "1G",
-            "--walltime",
-            "2s",
-            "--grace",
-            "1s",
-            "--lease-id",
-            "rl2",
-        ])
+        .short_lease("rl2")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();

@@ -644,12 +644,7 @@ fn operator_endpoints_are_off_without_a_token() {
         "listen = \"127.0.0.1:0\"\ndatabase = \"other.db\"\nsecret_files = [\"secret\"]\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-        .arg("--config")
-        .arg(coord.dir.join("no-token.toml"))
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = common::refcoord::check_config(&coord.dir.join("no-token.toml"));
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("operator endpoints disabled"));
 }
@@ -698,12 +693,7 @@ fn protect_reads_puts_the_read_endpoints_behind_the_token() {
         "database = \"other.db\"\nsecret_files = [\"secret\"]\nprotect_reads = true\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-        .arg("--config")
-        .arg(coord.dir.join("no-token.toml"))
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = common::refcoord::check_config(&coord.dir.join("no-token.toml"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1551,12 +1541,7 @@ fn the_coordinator_never_opens_a_uri_a_pilot_chose() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = common::refcoord::check_config(&config);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("guests.allowed_uris"), "{err}");

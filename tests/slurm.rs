@@ -522,50 +522,21 @@ fn kill_all_cluster_cancels_every_pilot_job_and_only_pilot_jobs() {
     let mut jobs = Jobs::default();
     let a = submit_pilot(&node, &mut jobs, "c1", "vmpilot.sbatch", "5", "1", &[], &[]);
     // A job that is merely called `vmpilot` (no pilot comment) must survive.
-    let decoy = jobs.add(&sbatch(
-        &[
-            "-J",
-            "vmpilot",
-            "-t",
-            "2",
-            "-c",
-            "1",
-            "--mem",
-            "100M",
-            "-o",
-            "/dev/null",
-            "--wrap",
-            "sleep 60",
-        ],
-        &[],
-    ));
-    // Issue #13, item 5: a job whose name and comment carry `squeue -o` separators used to
-    // make every `kill-all --cluster` fail ("not a job in the format"). It must neither
-    // break the listing nor be taken for a pilot.
-    let hostile = jobs.add(&sbatch(
-        &[
-            "-J",
-            "vmpilot|vmpilot-pilot|RUNNING|vm",
-            "--comment",
-            "vmpilot-pilot|x",
-            // On the second node: the first has two CPUs, for the pilot and the decoy.
-            "-p",
-            "pair",
-            "-w",
-            "n2",
-            "-t",
-            "2",
-            "-c",
-            "1",
-            "--mem",
-            "100M",
-            "-o",
-            "/dev/null",
-            "--wrap",
-            "sleep 60",
-        ],
-        &[],
-    ));
+    let decoy = jobs.add(&sleeper(&["-J", "vmpilot"]));
+    // Issue #13, item 5: a job whose name and comment carry `squeue -o '%i|%j|%k|…'`
+    // separators was read as a pilot and cancelled. It must neither be taken for a pilot
+    // nor break the listing. It runs on the second node: the first has two CPUs, for the
+    // pilot and the decoy.
+    let hostile = jobs.add(&sleeper(&[
+        "-J",
+        "vmpilot|vmpilot-pilot|RUNNING|vm",
+        "--comment",
+        "vmpilot-pilot|x",
+        "-p",
+        "pair",
+        "-w",
+        "n2",
+    ]));
     node.wait_state("c1", "reserved");
     wait_running(&decoy);
     wait_running(&hostile);
@@ -600,6 +571,25 @@ fn kill_all_cluster_cancels_every_pilot_job_and_only_pilot_jobs() {
         "RUNNING",
         "the job with a hostile name was cancelled"
     );
+}
+
+/// Submit a plain 2-minute job that sleeps 60 s (1 CPU, 100 MiB), with `opts` (name,
+/// comment, placement) in front; its id.
+fn sleeper(opts: &[&str]) -> String {
+    let mut args = opts.to_vec();
+    args.extend([
+        "-t",
+        "2",
+        "-c",
+        "1",
+        "--mem",
+        "100M",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "sleep 60",
+    ]);
+    sbatch(&args, &[])
 }
 
 /// Undefines a libvirt domain (and its managed save) when dropped.

@@ -79,7 +79,7 @@ impl Pbs {
         let json = exec::output("qstat", &["-f", "-F", "json", &self.job_id], self.timeout).await;
         match json {
             Ok(out) => qstat_json::parse(&out, &self.job_id)
-                .and_then(|j| facts_from_json(&self.job_id, j))
+                .and_then(|j| facts_from(&self.job_id, j))
                 .map_err(|d| garbage(format!("qstat -f -F json {}", self.job_id), d)),
             // A qstat without JSON (Torque, Slurm's wrapper) refuses the option: read its text.
             // A missing or hanging qstat will not do better on a second try.
@@ -95,7 +95,8 @@ impl Pbs {
     }
 }
 
-fn facts_from_json(job: &str, j: qstat_json::QstatJob) -> Result<JobFacts, String> {
+/// The facts from a job's resources, however `qstat` printed them (JSON or text).
+fn facts_from(job: &str, j: qstat_json::QstatJob) -> Result<JobFacts, String> {
     let time_left = match &j.walltime {
         None => None,
         Some(w) => {
@@ -197,29 +198,18 @@ fn facts_from_qstat(job: &str, text: &str) -> Result<JobFacts, String> {
             }
         ));
     }
-    let get = |k: &str| f.get(k).map(String::as_str);
-    let time_left = match get("Resource_List.walltime") {
-        None => None,
-        Some(w) => {
-            let limit = parse_clock(w)
-                .ok_or_else(|| format!("Resource_List.walltime = {w} is not a duration"))?;
-            let used = get("resources_used.walltime")
-                .and_then(parse_clock)
-                .unwrap_or_default();
-            Some(limit.saturating_sub(used))
-        }
-    };
-    let cpus = get("Resource_List.ncpus")
-        .and_then(|c| c.parse().ok())
-        .or_else(|| ppn(get("Resource_List.nodes")?));
-    Ok(JobFacts {
-        lrm: "pbs",
-        job_id: job.to_string(),
-        nodes: get("exec_host").map(String::from),
-        memory_mib: get("Resource_List.mem").and_then(parse_pbs_mem),
-        cpus,
-        time_left,
-    })
+    let get = |k: &str| f.get(k).cloned();
+    facts_from(
+        job,
+        qstat_json::QstatJob {
+            walltime: get("Resource_List.walltime"),
+            walltime_used: get("resources_used.walltime"),
+            ncpus: get("Resource_List.ncpus").and_then(|c| c.parse().ok()),
+            mem: get("Resource_List.mem"),
+            nodes: get("Resource_List.nodes"),
+            exec_host: get("exec_host"),
+        },
+    )
 }
 
 #[cfg(test)]

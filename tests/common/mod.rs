@@ -260,7 +260,13 @@ impl Node {
 
     /// Run a whole short lease (1 GiB, 2 s walltime, 1 s grace) to its end.
     pub fn run_short_lease(&self, lease: &str) -> Output {
-        self.run(&[
+        self.short_lease(lease).output().unwrap()
+    }
+
+    /// The command for a whole short lease (1 GiB, 2 s walltime, 1 s grace), to adjust
+    /// (environment, ...) before running it.
+    pub fn short_lease(&self, lease: &str) -> Command {
+        self.cmd(&[
             "run",
             "--memory",
             "1G",

@@ -127,6 +127,16 @@ impl Drop for Coord {
     }
 }
 
+/// `vmpilot-coordinator --config PATH --check-config`: validates and starts nothing.
+pub fn check_config(path: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        .arg("--config")
+        .arg(path)
+        .arg("--check-config")
+        .output()
+        .unwrap()
+}
+
 /// A blocking HTTP client (reqwest on a private runtime).
 pub struct Http {
     pub rt: tokio::runtime::Runtime,
