@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(node) = &args.node_secret {
-        if let Some(problem) = vmpilot::lease::record::node_name_problem(node) {
+        if let Some(problem) = vmpilot_protocol::lease_id::node_name_problem(node) {
             eprintln!("vmpilot-coordinator: --node-secret: the node name {problem}");
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         };
         println!(
             "{}",
-            vmpilot::coordinator::signature::node_secret_text(master, node)
+            vmpilot_protocol::signature::node_secret_text(master, node)
         );
         return ExitCode::SUCCESS;
     }

@@ -19,7 +19,6 @@
 pub mod events;
 pub mod fence;
 pub mod hugepages;
-pub mod metadata;
 
 use std::path::PathBuf;
 use std::sync::Once;
@@ -32,6 +31,7 @@ use virt::sys;
 
 use super::ledger::{Ledger, LedgerState, Share, budget_excess};
 use super::{Capacity, Guest, GuestWatch, Host, HostError, LeaseShare, owned_by};
+use vmpilot_protocol::guest_metadata as metadata;
 use crate::config::{Config, HostBackend};
 use crate::lease::record::LeaseId;
 use crate::units::MemSize;

@@ -119,14 +119,8 @@ pub struct Capacity {
     pub free_cpus: u32,
 }
 
-/// The lease a guest belongs to, from its metadata.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct GuestOwner {
-    /// Lease id.
-    pub lease_id: LeaseId,
-    /// Lease epoch the guest was started for.
-    pub epoch: u64,
-}
+/// The lease a guest belongs to (the protocol's type: the coordinator writes it).
+pub use vmpilot_protocol::guest_metadata::GuestOwner;
 
 /// A guest as the hypervisor reports it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -559,7 +559,7 @@ fn claimed_node(body: &[u8]) -> Option<String> {
         node: String,
     }
     let claim: Claim = serde_json::from_slice(body).ok()?;
-    crate::lease::record::node_name_problem(&claim.node)
+    vmpilot_protocol::lease_id::node_name_problem(&claim.node)
         .is_none()
         .then_some(claim.node)
 }

@@ -504,7 +504,7 @@ fn resolve_guests(raw: RawGuests, path: &Path) -> Result<GuestsConfig, ConfigErr
             "list libvirt domain XML files, or remove [guests]",
         ));
     }
-    let probe = crate::host::GuestOwner {
+    let probe = vmpilot_protocol::guest_metadata::GuestOwner {
         lease_id: "config-check".parse().expect("a valid lease id"),
         epoch: 0,
     };

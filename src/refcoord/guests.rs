@@ -25,8 +25,8 @@ use virt::domain::Domain;
 
 use super::AppState;
 use super::message::{IncomingBody, IncomingEvent};
-use crate::host::GuestOwner;
-use crate::host::libvirt::metadata::lease_metadata_xml;
+use vmpilot_protocol::guest_metadata::GuestOwner;
+use vmpilot_protocol::guest_metadata::lease_metadata_xml;
 use crate::host::libvirt::{Conn, open_connection};
 use vmpilot_protocol::lease_id::LeaseId;
 
@@ -92,7 +92,7 @@ impl GuestsConfig {
     pub fn uri_for(&self, node: &str, reported: Option<&str>) -> Result<String, String> {
         let uri = match &self.uri {
             Some(pattern) => {
-                if let Some(problem) = crate::lease::record::node_name_problem(node) {
+                if let Some(problem) = vmpilot_protocol::lease_id::node_name_problem(node) {
                     return Err(format!("node {problem}"));
                 }
                 let encoded = percent_encoding::utf8_percent_encode(node, URI_UNRESERVED);
@@ -267,7 +267,7 @@ fn local_name(start: &BytesStart<'_>) -> String {
 
 /// Does this element declare or use the vmpilot lease namespace?
 fn in_lease_namespace(start: &BytesStart<'_>) -> bool {
-    use crate::host::libvirt::metadata::LEASE_NS;
+    use vmpilot_protocol::guest_metadata::LEASE_NS;
     start.attributes().flatten().any(|a| &*a.value == LEASE_NS)
 }
 

@@ -6,13 +6,15 @@
 //! - [`state`]: lease states and end reasons;
 //! - [`event`]: the events a pilot sends, guest fates, the node's hypervisor;
 //! - [`directive`]: what a coordinator may ask of a lease in its reply;
-//! - [`signature`]: HMAC-SHA256 request and reply signatures, secrets and per-node keys.
+//! - [`signature`]: HMAC-SHA256 request and reply signatures, secrets and per-node keys;
+//! - [`guest_metadata`]: the `<metadata>` element that marks a libvirt guest as a lease's.
 //!
-//! Still to move here (issue #14): the guest `<metadata>` element, and the coordinator's
-//! own reading of events (today mirror types in its `message` module).
+//! Still to move here (issue #14): the coordinator's own reading of events (today mirror
+//! types in its `message` module).
 
 pub mod directive;
 pub mod event;
+pub mod guest_metadata;
 pub mod lease_id;
 pub mod signature;
 pub mod state;

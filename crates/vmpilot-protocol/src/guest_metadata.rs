@@ -1,4 +1,5 @@
-//! The lease metadata a guest carries in its libvirt domain XML, and nothing else.
+//! The lease metadata a guest carries in its libvirt domain XML, and nothing else: the
+//! coordinator writes it when it starts a guest, the pilot reads it to know whose guest it is.
 //!
 //! A guest belongs to a lease when its `<metadata>` holds
 //! `<vmpilot:lease xmlns:vmpilot="https://vmpilot.dev/xmlns/lease/1" id="LEASE" epoch="N"/>`.
@@ -7,8 +8,18 @@
 //! a deliberately small parser (one element, its attributes, the five XML entities), so no
 //! XML library is needed for one line.
 
-use crate::host::GuestOwner;
-use crate::lease::record::LeaseId;
+use serde::{Deserialize, Serialize};
+
+use crate::lease_id::LeaseId;
+
+/// The lease a guest belongs to, from its metadata (or, on Xen, its domain name).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GuestOwner {
+    /// Lease id.
+    pub lease_id: LeaseId,
+    /// Lease epoch the guest was started for.
+    pub epoch: u64,
+}
 
 /// The namespace URI of vmpilot's lease metadata.
 pub const LEASE_NS: &str = "https://vmpilot.dev/xmlns/lease/1";
