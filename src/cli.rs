@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::HostBackend;
-use crate::units::{Duration, MemSize};
+use vmpilot_common::units::{Duration, MemSize};
 
 /// Where the config lives when neither `--config` nor `VMPILOT_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpilot/vmpilot.toml";

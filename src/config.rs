@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::lrm::LrmKind;
-use crate::units::{Duration, MemSize};
+use vmpilot_common::units::{Duration, MemSize};
 
 /// Default state directory: lease records, spool, simulated host, logs.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmpilot";

@@ -9,7 +9,7 @@ use crate::host::HostError;
 use crate::lease::record::BadLeaseId;
 use crate::lease::store::StoreError;
 use crate::lrm::LrmError;
-use crate::units::UnitError;
+use vmpilot_common::units::UnitError;
 
 /// How vmpilot ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

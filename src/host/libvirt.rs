@@ -31,10 +31,10 @@ use virt::sys;
 
 use super::ledger::{Ledger, LedgerState, Share, budget_excess};
 use super::{Capacity, Guest, GuestWatch, Host, HostError, LeaseShare, owned_by};
-use vmpilot_protocol::guest_metadata as metadata;
 use crate::config::{Config, HostBackend};
 use crate::lease::record::LeaseId;
-use crate::units::MemSize;
+use vmpilot_common::units::MemSize;
+use vmpilot_protocol::guest_metadata as metadata;
 
 /// The libvirt backend.
 #[derive(Debug)]

@@ -92,7 +92,10 @@ impl LeaseShare {
     /// Memory admission charges for this share: its guest memory plus `overhead` per guest
     /// it may run, as (overhead total, charged). Checked: sizes come from flags, job
     /// facts and records, and a sum that wrapped would admit a lease of nearly 2^64 MiB.
-    pub fn charged_mib(&self, overhead: crate::units::MemSize) -> Result<(u64, u64), HostError> {
+    pub fn charged_mib(
+        &self,
+        overhead: vmpilot_common::units::MemSize,
+    ) -> Result<(u64, u64), HostError> {
         let total_overhead = overhead.mib().checked_mul(u64::from(self.max_guests));
         match total_overhead.and_then(|o| Some((o, self.memory_mib.checked_add(o)?))) {
             Some(sums) => Ok(sums),

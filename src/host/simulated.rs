@@ -26,7 +26,7 @@ use super::{Capacity, Guest, GuestOwner, GuestWatch, Host, HostError, LeaseShare
 use crate::config::{HostBackend, SimulatedConfig};
 use crate::lease::record::LeaseId;
 use crate::safe_dir::SafeDir;
-use crate::units::MemSize;
+use vmpilot_common::units::MemSize;
 
 /// The simulated host's file.
 pub const STATE_FILE: &str = "simulated-host.json";

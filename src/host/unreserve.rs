@@ -188,7 +188,7 @@ mod tests {
     use super::*;
     use crate::config::SimulatedConfig;
     use crate::host::simulated::{SimGuest, SimState, SimulatedHost};
-    use crate::units::MemSize;
+    use vmpilot_common::units::MemSize;
 
     fn host_with(dir: &std::path::Path, guests: &[(&str, Option<u64>)]) -> SimulatedHost {
         let h = SimulatedHost::open(

@@ -14,10 +14,7 @@
 //! timeout the whole group is killed, so a hung `xl` (or anything it started) never outlives
 //! the call. Errors keep the argv, exit status and stderr.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +24,8 @@ use super::{Capacity, Guest, GuestOwner, Host, HostError, LeaseShare};
 use crate::config::{Config, HostBackend};
 use crate::fsutil;
 use crate::lease::record::LeaseId;
-use crate::units::MemSize;
+use vmpilot_common::command::{self, ExecError};
+use vmpilot_common::units::MemSize;
 
 /// The name prefix that marks a guest as a lease's.
 pub const NAME_PREFIX: &str = "vmpilot:";
@@ -163,59 +161,28 @@ impl XenHost {
         Ok(host)
     }
 
-    /// Run `xl args…` bounded by `command_timeout`; stdout on success.
+    /// Run `xl args…` bounded by `command_timeout` (the shared runner kills its process
+    /// group on timeout); stdout on success.
     fn xl(&self, args: &[&str]) -> Result<String, HostError> {
-        let what = format!("{} {}", self.xl.display(), args.join(" "));
-        let mut child = Command::new(&self.xl)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so a timeout kills xl and whatever it started.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HostError::Unreachable {
+        let program = self.xl.to_string_lossy();
+        command::output_blocking(&program, args, self.command_timeout).map_err(|e| match e {
+            ExecError::NotFound { .. } | ExecError::Spawn { .. } => HostError::Unreachable {
                 backend: HostBackend::Xen,
-                detail: format!(
-                    "cannot run `{what}`: {e}\n\nhint: install the Xen tools or set [host.xen] xl"
-                ),
-            })?;
-        let pipe = |mut r: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = r.read_to_string(&mut s);
-                s
-            })
-        };
-        // Both are piped above, so both are present.
-        let out = pipe(Box::new(child.stdout.take().expect("stdout piped")));
-        let err = pipe(Box::new(child.stderr.take().expect("stderr piped")));
-        let until = Instant::now() + self.command_timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
-                Ok(None) | Err(_) => {
-                    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = child.wait();
-                    return Err(HostError::Timeout {
-                        op: what,
-                        after: self.command_timeout,
-                    });
-                }
-            }
-        };
-        let stdout = out.join().unwrap_or_default();
-        let stderr = err.join().unwrap_or_default();
-        if status.success() {
-            Ok(stdout)
-        } else {
-            Err(op_error(
-                &what,
-                format!("{status}\n--- stderr ---\n{}\n---", stderr.trim_end()),
-            ))
-        }
+                detail: format!("{e}\n\nhint: install the Xen tools or set [host.xen] xl"),
+            },
+            ExecError::Timeout { argv, after } => HostError::Timeout {
+                op: argv.to_string(),
+                after,
+            },
+            ExecError::Failed {
+                argv,
+                status,
+                stderr,
+            } => op_error(
+                &argv.to_string(),
+                format!("{status}\n--- stderr ---\n{stderr}\n---"),
+            ),
+        })
     }
 
     fn list(&self) -> Result<Vec<XlDomain>, HostError> {

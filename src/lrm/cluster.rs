@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::squeue_json;
-use crate::exec::{self, ExecError};
+use vmpilot_common::command::{self, ExecError};
 
 /// The job name the scripts give pilots.
 pub const PILOT_JOB_NAME: &str = "vmpilot";
@@ -94,12 +94,13 @@ impl Cluster {
     pub async fn pilots(self, timeout: Duration) -> Result<Vec<PilotJob>, ClusterError> {
         match self {
             Cluster::Slurm => {
-                let out = exec::output("squeue", &["--json"], timeout).await?;
+                let out = command::output("squeue", &["--json"], timeout).await?;
                 pilots_in_squeue_json(&out)
             }
             Cluster::Pbs => {
                 let out =
-                    exec::output("qselect", &["-N", PILOT_JOB_NAME, "-s", "QRHW"], timeout).await?;
+                    command::output("qselect", &["-N", PILOT_JOB_NAME, "-s", "QRHW"], timeout)
+                        .await?;
                 Ok(out
                     .lines()
                     .map(str::trim)
@@ -126,8 +127,8 @@ impl Cluster {
         let mut results = Vec::new();
         for job in &jobs {
             let cancel = match self {
-                Cluster::Slurm => exec::output("scancel", &[&job.id], timeout).await,
-                Cluster::Pbs => exec::output("qdel", &[&job.id], timeout).await,
+                Cluster::Slurm => command::output("scancel", &[&job.id], timeout).await,
+                Cluster::Pbs => command::output("qdel", &[&job.id], timeout).await,
             };
             results.push(Cancelled {
                 job: job.clone(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::exec::ExecError;
+use vmpilot_common::command::ExecError;
 
 /// Which batch system, as configured (`[lrm] kind`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

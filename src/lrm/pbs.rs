@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Env, JobFacts, LrmError, parse_clock, qstat_json};
-use crate::exec::{self, ExecError};
+use vmpilot_common::command::{self, ExecError};
 
 /// A PBS job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,8 @@ impl Pbs {
             command,
             detail,
         };
-        let json = exec::output("qstat", &["-f", "-F", "json", &self.job_id], self.timeout).await;
+        let json =
+            command::output("qstat", &["-f", "-F", "json", &self.job_id], self.timeout).await;
         match json {
             Ok(out) => qstat_json::parse(&out, &self.job_id)
                 .and_then(|j| facts_from(&self.job_id, j))
@@ -85,7 +86,7 @@ impl Pbs {
             // A missing or hanging qstat will not do better on a second try.
             Err(e @ (ExecError::NotFound { .. } | ExecError::Timeout { .. })) => Err(query(e)),
             Err(_) => {
-                let out = exec::output("qstat", &["-f", &self.job_id], self.timeout)
+                let out = command::output("qstat", &["-f", &self.job_id], self.timeout)
                     .await
                     .map_err(query)?;
                 facts_from_qstat(&self.job_id, &out)

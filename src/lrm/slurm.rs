@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::squeue_json::{self, SlurmJob};
 use super::{JobFacts, LrmError};
-use crate::exec;
+use vmpilot_common::command;
 
 /// How long the preemption check after a SIGTERM may take (it delays unreserving).
 const PREEMPT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,7 +37,7 @@ impl Slurm {
 
     /// This job's entry of `squeue --json --jobs ID` (22.05 lists every job regardless).
     async fn query(&self, timeout: Duration) -> Result<SlurmJob, LrmError> {
-        let out = exec::output("squeue", &["--json", "--jobs", &self.job_id], timeout)
+        let out = command::output("squeue", &["--json", "--jobs", &self.job_id], timeout)
             .await
             .map_err(|source| LrmError::Query {
                 lrm: "slurm",

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::guests::{GuestsConfig, Template, render};
-use crate::units;
+use vmpilot_common::units;
 use vmpilot_protocol::signature::{Secret, SecretError};
 
 /// Default listen address: loopback only.

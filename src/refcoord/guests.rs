@@ -25,9 +25,9 @@ use virt::domain::Domain;
 
 use super::AppState;
 use super::message::{IncomingBody, IncomingEvent};
+use crate::host::libvirt::{Conn, open_connection};
 use vmpilot_protocol::guest_metadata::GuestOwner;
 use vmpilot_protocol::guest_metadata::lease_metadata_xml;
-use crate::host::libvirt::{Conn, open_connection};
 use vmpilot_protocol::lease_id::LeaseId;
 
 /// One configured template.

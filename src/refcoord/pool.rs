@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::config::{BatchSystem, PoolConfig, SubmitDefaults};
 use super::db::{Db, DbError};
 use super::ingest::NewPilot;
-use crate::exec::{self, ExecError};
+use vmpilot_common::command::{self, ExecError};
 
 /// Most pilots one API request may submit.
 pub const MAX_COUNT: u32 = 100;
@@ -220,7 +220,7 @@ impl Pool {
         let script = self.config.submit_script.to_string_lossy().into_owned();
         let argv = self.argv(p);
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let stdout = exec::output(&script, &args, self.config.submit_timeout).await?;
+        let stdout = command::output(&script, &args, self.config.submit_timeout).await?;
         let job_id = stdout.lines().map(str::trim).rfind(|l| !l.is_empty());
         match job_id {
             Some(id) if !id.contains(char::is_whitespace) => Ok(id.to_string()),
@@ -279,7 +279,7 @@ impl Pool {
             .split_first()
             .ok_or_else(|| PoolError::BadRequest("pool.count_command is empty".into()))?;
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = exec::output(program, &args, self.config.submit_timeout).await?;
+        let out = command::output(program, &args, self.config.submit_timeout).await?;
         Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
     }
 
