@@ -14,7 +14,7 @@
 # Steps (each timed on stderr):
 #   1. cargo-deb: installed with `cargo install cargo-deb --locked` (pinned version) if
 #      `cargo deb` is missing;
-#   2. `cargo build --release --locked --bin ...` for the binaries the package ships;
+#   2. `cargo build --release --locked --workspace --bin ...` for the binaries the package ships;
 #   3. man pages (`vmpilot generate man`, gzipped) and bash/zsh/fish completions
 #      (`vmpilot generate SHELL`) into target/assets/ beside Cargo.toml, where the
 #      [package.metadata.deb] assets expect them;
@@ -74,8 +74,8 @@ bins=$(sed -n 's#^ *\["target/release/\([A-Za-z0-9_-]*\)".*#\1#p' Cargo.toml)
 [ -n "$bins" ] || die "no target/release/ assets in Cargo.toml [package.metadata.deb]"
 bin_args=()
 for b in $bins; do bin_args+=(--bin "$b"); done
-begin "cargo build ${build_flags[*]} --locked ${bin_args[*]}"
-cargo build "${build_flags[@]}" --locked "${bin_args[@]}" >&2
+begin "cargo build ${build_flags[*]} --locked --workspace ${bin_args[*]}"
+cargo build "${build_flags[@]}" --locked --workspace "${bin_args[@]}" >&2
 done_ "$profile build"
 bin=$target_dir/$profile_dir/vmpilot
 [ -x "$bin" ] || die "$bin was not built"

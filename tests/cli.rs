@@ -246,3 +246,64 @@ fn kill_all_on_a_node_with_nothing_open_needs_no_hypervisor() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("nothing to stop"), "{}", stdout(&out));
 }
+
+/// On a libvirt node `vmpilot` hands over to `vmpilot-libvirt` from its own directory only,
+/// and only when nobody else can write it: a missing or writable helper is refused with a
+/// hint, before anything on the node is touched (exit 3, environment).
+#[test]
+fn a_libvirt_node_needs_a_trusted_vmpilot_libvirt_beside_vmpilot() {
+    let node = Node::new("");
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("backend = \"simulated\"", "backend = \"libvirt\""),
+    )
+    .unwrap();
+    let alone = tempfile::tempdir().unwrap();
+    let copy = alone.path().join("vmpilot");
+    std::fs::copy(bin(), &copy).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&copy)
+            .arg("--config")
+            .arg(&node.config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["check-config"][..],
+        &["recover"],
+        &["run", "--walltime", "1m"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("vmpilot-libvirt") && err.contains("hint:"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !node.state_dir().exists(),
+        "nothing was created before the hand-over"
+    );
+    // A helper anyone may write is not run.
+    let helper = alone.path().join("vmpilot-libvirt");
+    std::fs::write(&helper, "#!/bin/sh\necho ran >&2\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("writable by group or others") && !stderr(&out).contains("ran"),
+        "{}",
+        stderr(&out)
+    );
+    // Status opens no host: it runs in `vmpilot` itself.
+    let out = run(&["status"]);
+    assert!(
+        !stderr(&out).contains("vmpilot-libvirt"),
+        "{}",
+        stderr(&out)
+    );
+}

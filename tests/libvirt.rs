@@ -264,6 +264,9 @@ fn shutdown_policy_stops_owned_guests_and_spares_the_rest() {
     let mut lv = LvNode::new("shutdown", "shutdown", "20s", false);
     let pilot = lv.pilot(&lease);
     let r = lv.node.wait_state(lease.as_str(), "reserved");
+    // `vmpilot` became `vmpilot-libvirt` in place: the batch system's pid still is the pilot.
+    assert_eq!(common::exe_name(pilot.pid()), "vmpilot-libvirt");
+    assert!(!common::libvirt_mappings(pilot.pid()).is_empty());
     assert_eq!(lv.pool(), "261", "512 MiB = 256 pages added to 5");
     assert_eq!(r["baseline"]["hugepages"]["before"], 5, "{r}");
     let epoch = r["epoch"].as_u64().unwrap();
@@ -407,7 +410,8 @@ fn destroy_policy_stops_owned_guests_at_once() {
 
 #[test]
 fn guests_and_budget_are_read_through_the_api() {
-    use vmpilot::host::{Host, LeaseShare, libvirt::LibvirtHost};
+    use vmpilot::host::{Host, LeaseShare};
+    use vmpilot_libvirt::LibvirtHost;
     if !enabled("guests_and_budget_are_read_through_the_api") {
         return;
     }
@@ -1035,7 +1039,8 @@ impl Drop for PoolGuard {
 /// suite's (no other test writes the real pool).
 #[test]
 fn the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly() {
-    use vmpilot::host::{Host, LeaseShare, libvirt::LibvirtHost};
+    use vmpilot::host::{Host, LeaseShare};
+    use vmpilot_libvirt::LibvirtHost;
     if !enabled("the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly") {
         return;
     }

@@ -38,6 +38,21 @@ fn lease_runs_to_its_deadline_and_restores_the_node() {
     );
 }
 
+/// libvirt lives in its own binary: a pilot on another backend maps none of it (it cost
+/// every pilot ~8 MiB of its peak RSS when it was linked in).
+#[test]
+fn a_pilot_on_a_non_libvirt_backend_maps_no_libvirt() {
+    let node = Node::new("");
+    let pilot = node.spawn_lease("nolv", "30s", None);
+    node.wait_state("nolv", "reserved");
+    assert_eq!(common::exe_name(pilot.pid()), "vmpilot");
+    let mapped = common::libvirt_mappings(pilot.pid());
+    assert!(mapped.is_empty(), "a simulated pilot maps {mapped:?}");
+    pilot.signal(Signal::SIGTERM);
+    let (code, err) = pilot.finish();
+    assert_eq!(code, 5, "{err}");
+}
+
 #[test]
 fn sigterm_while_reserved_stops_owned_guests_and_spares_others() {
     let node = Node::new("");

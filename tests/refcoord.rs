@@ -162,7 +162,7 @@ fn every_pilot_message_validates_against_its_schema() {
         assert_valid(&format!("event-{kind}.json"), &value);
         assert_valid("event.json", &value);
         // The coordinator parses what the pilot sends.
-        vmpilot::refcoord::message::parse_event(&serde_json::to_vec(&value).unwrap())
+        vmpilot_coordinator::message::parse_event(&serde_json::to_vec(&value).unwrap())
             .unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
     assert_eq!(kinds.len(), 8, "every event type is covered");
@@ -724,7 +724,7 @@ fn config_errors_name_the_key_and_exit_2() {
     for (text, needle) in cases {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        let out = Command::new(common::coordinator_bin())
             .arg("--config")
             .arg(&path)
             .output()
@@ -949,7 +949,7 @@ fn with_tls_configured_the_api_is_https_only_and_the_key_must_be_private() {
     // A key readable by every user is refused before anything listens, naming the key.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+    let out = Command::new(common::coordinator_bin())
         .arg("--config")
         .arg(coord.dir.join("coordinator.toml"))
         .output()
@@ -1436,9 +1436,10 @@ fn the_openapi_file_covers_every_route_and_its_schemas_exist() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let api = std::fs::read_to_string(docs.join("openapi.yaml")).unwrap();
     // Every route the router declares, read from its source so a new one cannot be missed.
-    let router =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/refcoord/api.rs"))
-            .unwrap();
+    let router = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/vmpilot-coordinator/src/api.rs"),
+    )
+    .unwrap();
     let routes: Vec<&str> = router
         .split(".route(")
         .skip(1)
@@ -1564,7 +1565,7 @@ fn node_key_coordinator_dir() -> tempfile::TempDir {
 
 /// `node`'s secret, as `vmpilot-coordinator --node-secret` prints it for the config in `dir`.
 fn node_key(dir: &Path, node: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+    let out = Command::new(common::coordinator_bin())
         .arg("--config")
         .arg(dir.join("coordinator.toml"))
         .args(["--node-secret", node])

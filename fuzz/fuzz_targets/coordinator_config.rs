@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vmpilot::refcoord::config::RawConfig;
+use vmpilot_coordinator::config::RawConfig;
 
 /// A private directory with `secret` and `token` (0600) for `resolve` to read.
 fn dir() -> &'static PathBuf {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmpilot::refcoord::message::parse_event;
+use vmpilot_coordinator::message::parse_event;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(event) = parse_event(data) {

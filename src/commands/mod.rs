@@ -16,7 +16,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 use crate::cli::{Cli, Command, DEFAULT_CONFIG_PATH};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, HostBackend, Overrides};
 use crate::exit::ExitStatus;
 
 /// Run the parsed command line.
@@ -34,6 +34,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Generate(args) => generate::generate(args),
         Command::Simulated(args) => simulated::simulated(&globals, args),
     }
+}
+
+/// The host backend this invocation will open, if it opens one: `vmpilot` has no libvirt
+/// and hands a libvirt invocation to `vmpilot-libvirt` before anything runs
+/// ([`crate::entry`]). `None` when the command opens no host or the config does not load
+/// (the command itself then reports why).
+pub fn host_backend(cli: &Cli) -> Option<HostBackend> {
+    let globals = Globals {
+        config: cli.config.clone(),
+        state_dir: cli.state_dir.clone(),
+    };
+    let overrides = match &cli.command {
+        Command::Run(args) => Overrides {
+            backend: args.host,
+            ..Default::default()
+        },
+        Command::Recover(_) | Command::KillAll(_) | Command::CheckConfig => Overrides::default(),
+        Command::Status(_) | Command::Generate(_) | Command::Simulated(_) => return None,
+    };
+    globals.load(overrides).ok().map(|c| c.host.backend)
 }
 
 /// Options every command shares.

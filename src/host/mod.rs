@@ -12,12 +12,11 @@
 
 pub mod budget;
 pub mod ledger;
-pub mod libvirt;
 pub mod simulated;
 pub mod unreserve;
 pub mod xen;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -46,7 +45,7 @@ pub enum HostError {
     },
     /// The backend is not available in this build.
     #[error(
-        "host backend {backend} is not available in this build of vmpilot\n\nhint: use `[host] backend = \"simulated\"` to try vmpilot out"
+        "host backend {backend} is not linked into this binary\n\nhint: the libvirt backend is the `vmpilot-libvirt` binary, installed beside `vmpilot` (which hands libvirt work to it by itself); reinstall vmpilot if it is missing, or use `[host] backend = \"simulated\"` to try vmpilot out"
     )]
     Unsupported {
         /// Backend name.
@@ -250,7 +249,29 @@ pub fn open(config: &Config) -> Result<Arc<dyn Host>, HostError> {
             )?
             .exclusive(config.host.exclusive),
         )),
-        HostBackend::Libvirt => Ok(Arc::new(libvirt::LibvirtHost::open(config)?)),
+        HostBackend::Libvirt => match LIBVIRT.get() {
+            Some(open) => open(config),
+            None => Err(HostError::Unsupported {
+                backend: HostBackend::Libvirt,
+            }),
+        },
         HostBackend::Xen => Ok(Arc::new(xen::XenHost::open(config)?)),
     }
+}
+
+/// How a binary that links libvirt opens its backend (`vmpilot_libvirt::open`).
+pub type HostOpener = fn(&Config) -> Result<Arc<dyn Host>, HostError>;
+
+/// The libvirt backend, when this process has one. It lives in its own crate so that
+/// `vmpilot` maps no libvirt: only `vmpilot-libvirt` (and tests) provide it.
+static LIBVIRT: OnceLock<HostOpener> = OnceLock::new();
+
+/// Give this process its libvirt backend (once; later calls are ignored).
+pub fn provide_libvirt(open: HostOpener) {
+    let _ = LIBVIRT.set(open);
+}
+
+/// Whether this process can open the libvirt backend itself.
+pub fn has_libvirt() -> bool {
+    LIBVIRT.get().is_some()
 }

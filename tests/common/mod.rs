@@ -32,6 +32,50 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_vmpilot")
 }
 
+/// Path of another workspace member's binary (`vmpilot-coordinator`, `vmpilot-libvirt`):
+/// cargo names only this package's own binaries to its tests, and builds the others, beside
+/// `vmpilot`, when the workspace is tested (`cargo test --workspace`, the one test command).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = std::path::Path::new(bin())
+        .parent()
+        .expect("the vmpilot binary has a directory")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
+        path.display()
+    );
+    path
+}
+
+/// The shared libraries of libvirt that process `pid` has mapped (empty: none).
+pub fn libvirt_mappings(pid: Pid) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.contains("libvirt"))
+        .map(String::from)
+        .collect();
+    libs.dedup();
+    libs
+}
+
+/// The file name of the program process `pid` runs.
+pub fn exe_name(pid: Pid) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Path of the reference coordinator's binary.
+pub fn coordinator_bin() -> PathBuf {
+    workspace_bin("vmpilot-coordinator")
+}
+
 /// A simulated node: its own state dir and config file.
 pub struct Node {
     pub dir: tempfile::TempDir,

@@ -56,7 +56,7 @@ impl Coord {
             .append(true)
             .open(dir.join("coordinator.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+        let mut child = Command::new(super::coordinator_bin())
             .arg("--config")
             .arg(dir.join("coordinator.toml"))
             .env("RUST_LOG", "info")
@@ -129,7 +129,7 @@ impl Drop for Coord {
 
 /// `vmpilot-coordinator --config PATH --check-config`: validates and starts nothing.
 pub fn check_config(path: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vmpilot-coordinator"))
+    Command::new(super::coordinator_bin())
         .arg("--config")
         .arg(path)
         .arg("--check-config")

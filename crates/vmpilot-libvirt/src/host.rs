@@ -1,10 +1,10 @@
 //! The libvirt backend (KVM/QEMU, or any libvirt driver), through libvirt's C API.
 //!
 //! What it owns on the host: admission against the memory and CPUs libvirt reports, each
-//! lease's share in a ledger (`{state_dir}/libvirt-ledger.json`, see [`super::ledger`]),
+//! lease's share in a ledger (`{state_dir}/libvirt-ledger.json`, see [`vmpilot::host::ledger`]),
 //! optionally the kernel's hugepage pool, fencing the lease's guests to its CPUs and memory
 //! ([`fence`]), and stopping guests. Guests belong to a lease by
-//! their `<metadata>` element (see [`metadata`]); vmpilot never defines or starts guests,
+//! their `<metadata>` element (see [`vmpilot_protocol::guest_metadata`]); vmpilot never defines or starts guests,
 //! the coordinator does.
 //!
 //! Every call opens a fresh connection and closes it when done, so a libvirtd restarted
@@ -16,23 +16,20 @@
 //! Calls block (libvirt's API is synchronous); the pilot runs them off its runtime and
 //! bounds each one.
 
-pub mod events;
-pub mod fence;
-pub mod hugepages;
-
 use std::path::PathBuf;
-use std::sync::Once;
 
 use serde::{Deserialize, Serialize};
-use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
-use super::ledger::{Ledger, LedgerState, Share, budget_excess};
-use super::{Capacity, Guest, GuestWatch, Host, HostError, LeaseShare, owned_by};
-use crate::config::{Config, HostBackend};
-use crate::lease::record::LeaseId;
+use vmpilot::config::{Config, HostBackend};
+use vmpilot::host::ledger::{self, Ledger, LedgerState, Share, budget_excess};
+use vmpilot::host::{Capacity, Guest, GuestWatch, Host, HostError, LeaseShare, owned_by};
+use vmpilot::lease::record::LeaseId;
+
+use crate::connection::{Conn, open_connection};
+use crate::{events, fence, hugepages};
 use vmpilot_common::units::MemSize;
 use vmpilot_protocol::guest_metadata as metadata;
 
@@ -77,26 +74,6 @@ pub struct HugepageBaseline {
     pub before: u64,
     /// Pages the lease added.
     pub added: u64,
-}
-
-/// An open connection, closed on drop (the `virt` crate leaves closing to its user). The
-/// reference coordinator's guest launcher uses it too.
-pub struct Conn(pub Connect);
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // Closing a connection whose daemon is gone can fail; there is nothing left to free
-        // on our side then.
-        let _ = self.0.close();
-    }
-}
-
-/// Open `uri` with libvirt's default error handler silenced: it prints every error to
-/// stderr, and ours are returned to the caller, who reports them with context.
-pub fn open_connection(uri: &str) -> Result<Conn, VirtError> {
-    static QUIET: Once = Once::new();
-    QUIET.call_once(virt::error::clear_error_callback);
-    Connect::open(Some(uri)).map(Conn)
 }
 
 fn op_error(op: &str, detail: impl Into<String>) -> HostError {
@@ -278,7 +255,7 @@ impl LibvirtHost {
     /// Grow the hugepage pool for `lease` with the ledger entry written first.
     fn grow_hugepages(
         &self,
-        guard: &mut super::ledger::LedgerGuard<'_>,
+        guard: &mut ledger::LedgerGuard<'_>,
         lease: &LeaseId,
         mut entry: Share,
         memory_mib: u64,
@@ -488,7 +465,7 @@ impl Host for LibvirtHost {
             let current = hugepages::read(&path).map_err(|e| op_error(&op, e))?;
             let target = guard.state.value_after_release(lease, current);
             hugepages::restore(&path, target).map_err(|e| op_error(&op, e))?;
-            crate::crashpoint::hit(crate::crashpoint::Point::HostValueSet);
+            vmpilot::crashpoint::hit(vmpilot::crashpoint::Point::HostValueSet);
         }
         guard.state.remove(lease);
         guard.save(&op)
@@ -583,7 +560,7 @@ impl Host for LibvirtHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::GuestOwner;
+    use vmpilot::host::GuestOwner;
 
     fn guest(name: &str, lease: Option<&str>, running: bool, mib: u64) -> Guest {
         Guest {

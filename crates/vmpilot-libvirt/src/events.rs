@@ -33,8 +33,8 @@ use virt::connect::Connect;
 use virt::error::Error as VirtError;
 use virt::sys;
 
-use crate::config::HostBackend;
-use crate::host::{GuestWatch, HostError};
+use vmpilot::config::HostBackend;
+use vmpilot::host::{GuestWatch, HostError};
 
 /// The first wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);

@@ -564,8 +564,7 @@ fn resolve_guests(raw: RawGuests, path: &Path) -> Result<GuestsConfig, ConfigErr
         ));
     }
     if let Some(uri) = &raw.uri
-        && let Some(problem) =
-            crate::refcoord::guests::libvirt_uri_problem(&uri.replace("{node}", "node"))
+        && let Some(problem) = crate::guests::libvirt_uri_problem(&uri.replace("{node}", "node"))
     {
         return Err(invalid(
             "guests.uri",
@@ -574,7 +573,7 @@ fn resolve_guests(raw: RawGuests, path: &Path) -> Result<GuestsConfig, ConfigErr
         ));
     }
     for uri in &raw.allowed_uris {
-        if let Some(problem) = crate::refcoord::guests::libvirt_uri_problem(uri) {
+        if let Some(problem) = crate::guests::libvirt_uri_problem(uri) {
             return Err(invalid(
                 "guests.allowed_uris",
                 problem,

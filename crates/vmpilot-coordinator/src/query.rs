@@ -420,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn the_status_page_and_list_queries_read_through_indexes() {
         let dir = tempfile::tempdir().unwrap();
-        let db = super::super::db::Db::open(&dir.path().join("c.db")).unwrap();
+        let db = crate::db::Db::open(&dir.path().join("c.db")).unwrap();
         let queries = [
             ("leases", leases_sql()),
             ("nodes", NODES_SQL.to_string()),

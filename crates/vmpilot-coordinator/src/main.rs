@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vmpilot::refcoord::config::{Config, DEFAULT_CONFIG};
+use vmpilot_coordinator::config::{Config, DEFAULT_CONFIG};
 
 /// The reference coordinator for vmpilot: receives the pilots' signed lease events, keeps
 /// nodes, leases and the event log in SQLite, serves an API and a status page, and submits
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     } else {
         "http"
     };
-    let result = runtime.block_on(vmpilot::refcoord::run(config, |addr| {
+    let result = runtime.block_on(vmpilot_coordinator::run(config, |addr| {
         // One machine-readable line on stdout, so scripts can find a port chosen with :0.
         println!("listening on {scheme}://{addr}");
         let _ = std::io::stdout().flush();
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vmpilot-coordinator: {e:#}");
             let code = match e {
-                vmpilot::refcoord::CoordError::Config(_) => EXIT_CONFIG,
+                vmpilot_coordinator::CoordError::Config(_) => EXIT_CONFIG,
                 _ => EXIT_RUNTIME,
             };
             ExitCode::from(code)

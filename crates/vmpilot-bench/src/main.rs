@@ -1,8 +1,8 @@
 //! `vmpilot-bench`: the project's benchmarks in one command (issue 7), each figure next to a
 //! baseline measured in the same run on the same machine.
 //!
-//! This code is compiled into the `vmpilot-bench` binary only (`src/bin/vmpilot-bench.rs`
-//! includes it with `#[path]`), so none of it reaches the `vmpilot` library or the pilot.
+//! Its own crate (`publish = false`): none of it reaches the pilot or the coordinator. Run it
+//! with `cargo run --release -p vmpilot-bench [-- --quick]`.
 //!
 //! | group | figure | baseline |
 //! |---|---|---|
@@ -61,7 +61,7 @@ pub struct Args {
     /// binary's directory).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Do not run `cargo build --release --bins` first (it runs only under `cargo run`).
+    /// Do not run `cargo build --release --workspace --bins` first (it runs only under `cargo run`).
     #[arg(long)]
     no_build: bool,
     /// Pilots started at once for the node-lock figure.
@@ -164,7 +164,16 @@ fn build_bins(bench: &Path) -> anyhow::Result<()> {
         .and_then(|d| d.file_name())
         .is_some_and(|n| n == "release");
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--bin", "vmpilot", "--bin", "vmpilot-coordinator"]);
+    cmd.args([
+        "build",
+        "--workspace",
+        "--bin",
+        "vmpilot",
+        "--bin",
+        "vmpilot-libvirt",
+        "--bin",
+        "vmpilot-coordinator",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -195,7 +204,7 @@ fn settings(args: &Args) -> anyhow::Result<Ctx> {
             Ok(p)
         } else {
             anyhow::bail!(
-                "{} not found\n\nhint: build it first (`cargo build --release --bins`) or pass --bin-dir",
+                "{} not found\n\nhint: build it first (`cargo build --release --workspace --bins`) or pass --bin-dir",
                 p.display()
             )
         }

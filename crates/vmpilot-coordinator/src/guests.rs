@@ -20,12 +20,12 @@ use std::sync::Mutex;
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
 use serde::{Deserialize, Serialize};
-use virt::connect::Connect;
-use virt::domain::Domain;
+use vmpilot_libvirt::virt::connect::Connect;
+use vmpilot_libvirt::virt::domain::Domain;
 
 use super::AppState;
 use super::message::{IncomingBody, IncomingEvent};
-use crate::host::libvirt::{Conn, open_connection};
+use vmpilot_libvirt::{Conn, open_connection};
 use vmpilot_protocol::guest_metadata::GuestOwner;
 use vmpilot_protocol::guest_metadata::lease_metadata_xml;
 use vmpilot_protocol::lease_id::LeaseId;

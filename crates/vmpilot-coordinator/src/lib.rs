@@ -29,7 +29,7 @@
 //!   meant for loopback or behind a TLS proxy. Either way connections are capped and every
 //!   wait for a client is bounded ([`serve`]).
 //!
-//! The binary (`src/bin/vmpilot-coordinator.rs`) only parses flags and calls [`run`].
+//! The binary (`src/main.rs`) only parses flags and calls [`run`].
 
 pub mod api;
 pub mod config;
