@@ -79,12 +79,17 @@ fn exe_name(pid: &str) -> Option<String> {
     Some(name.strip_suffix(" (deleted)").unwrap_or(name).to_string())
 }
 
-/// Does process `pid` run a binary of the same name as this one (`vmpilot`)?
+/// The names the pilot runs under: `vmpilot`, and `vmpilot-libvirt`, which `vmpilot` becomes
+/// on a libvirt node (`crate::entry`).
+const PILOT_BINARIES: [&str; 2] = ["vmpilot", crate::entry::LIBVIRT_BINARY];
+
+/// Does process `pid` run a pilot binary: one of [`PILOT_BINARIES`] or, for a renamed
+/// install, a binary of the same name as this one?
 fn runs_vmpilot(pid: i32) -> bool {
-    match (exe_name(&pid.to_string()), exe_name("self")) {
-        (Some(theirs), Some(ours)) => theirs == ours,
-        _ => false,
-    }
+    let Some(theirs) = exe_name(&pid.to_string()) else {
+        return false;
+    };
+    PILOT_BINARIES.contains(&theirs.as_str()) || exe_name("self").is_some_and(|ours| ours == theirs)
 }
 
 /// Does process `pid` hold the file `(device, inode)` open? Each of its descriptors is
