@@ -96,9 +96,9 @@ impl ExitStatus {
             if let Some(h) = cause.downcast_ref::<HostError>() {
                 return match h {
                     HostError::Admission { .. } => ExitStatus::Usage,
-                    HostError::Unreachable { .. } | HostError::Unsupported { .. } => {
-                        ExitStatus::Environment
-                    }
+                    HostError::Unreachable { .. }
+                    | HostError::Unsupported { .. }
+                    | HostError::StateWrite { .. } => ExitStatus::Environment,
                     _ => ExitStatus::HostFailure,
                 };
             }
@@ -166,6 +166,12 @@ mod tests {
             after: std::time::Duration::from_secs(1),
         });
         assert_eq!(ExitStatus::from_error(&e), ExitStatus::HostFailure);
+        let e = anyhow::Error::new(HostError::StateWrite {
+            op: "open".into(),
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        assert_eq!(ExitStatus::from_error(&e), ExitStatus::Environment);
         assert_eq!(
             ExitStatus::from_error(&anyhow::anyhow!("??")),
             ExitStatus::Internal

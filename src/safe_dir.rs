@@ -94,6 +94,24 @@ impl Unsafe {
     }
 }
 
+/// What to do about a write into the state directory that failed with `e`: the hint every
+/// "cannot write" error of the state directory carries (disk full, quota, read-only...).
+pub fn write_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+            "free space (or quota) on the file system that holds the state directory, then run the command again"
+        }
+        ErrorKind::ReadOnlyFilesystem => {
+            "the file system that holds the state directory is read-only: remount it read-write or set `state_dir` to a writable directory"
+        }
+        ErrorKind::PermissionDenied => {
+            "run as root or as the state directory's owner, or set `state_dir` (or --state-dir) to a directory this user owns"
+        }
+        _ => "check the file system that holds the state directory (`dmesg`, `df -h`)",
+    }
+}
+
 /// Is this I/O error one of ours (an unsafe entry), as opposed to the OS's?
 pub fn is_unsafe(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Unsafe>())

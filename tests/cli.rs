@@ -307,3 +307,74 @@ fn a_libvirt_node_needs_a_trusted_vmpilot_libvirt_beside_vmpilot() {
         stderr(&out)
     );
 }
+
+/// A full state disk is the environment's fault, not a bug or the host's: every command says
+/// so (exit 3) with one hint, and nothing on the node is left half-switched. Before, a full
+/// disk made `check-config` exit 1 ("internal error") and `run` exit 4 ("host operation
+/// `open` failed") without a hint. Needs root (a 64 KiB tmpfs).
+#[test]
+fn a_full_state_disk_is_an_environment_error_with_one_hint() {
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let node = Node::new("");
+    let disk = node.dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let _unmount = Mounted(disk.clone());
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    let state = disk.join("state");
+    std::fs::write(
+        &node.config,
+        text.replace(
+            &format!("state_dir = \"{}\"", node.state_dir().display()),
+            &format!("state_dir = \"{}\"", state.display()),
+        ),
+    )
+    .unwrap();
+    // A first lease creates the state directory; then the disk fills up.
+    let out = node.run_short_lease("before");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", disk.join("fill").display()))
+        .output();
+    for args in [
+        &["check-config"][..],
+        &[
+            "run",
+            "--walltime",
+            "5m",
+            "--memory",
+            "1G",
+            "--cpus",
+            "1",
+            "--lease-id",
+            "full",
+        ],
+    ] {
+        let out = node.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("No space left on device"), "{args:?}: {err}");
+        assert_eq!(err.matches("hint:").count(), 1, "{args:?}: one hint: {err}");
+        assert!(err.contains("free space"), "{args:?}: {err}");
+    }
+    // Nothing was reserved: the space comes back and the node is in batch mode.
+    std::fs::remove_file(disk.join("fill")).unwrap();
+    let status = node.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["mode"], "batch", "{status}");
+    assert!(node.reservations().is_empty());
+}

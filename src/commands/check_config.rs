@@ -18,7 +18,10 @@ pub fn check_config(globals: &Globals) -> anyhow::Result<ExitStatus> {
     store
         .safe_dir()
         .write_atomic(".check-config", b"ok")
-        .with_context(|| format!("state directory {} is not writable", store.dir().display()))?;
+        .map_err(|source| crate::lease::store::StoreError::NotWritable {
+            path: store.dir().to_path_buf(),
+            source,
+        })?;
     let _ = store.safe_dir().remove(".check-config");
     if let Some(c) = &config.coordinator {
         let secret = Secret::from_file(&c.secret_file)?;

@@ -19,7 +19,8 @@ use crate::safe_dir::SafeDir;
 pub enum SpoolError {
     /// The spool directory or a file in it cannot be written.
     #[error(
-        "cannot write to the event spool {path}: {source}\n\nhint: free space in the state directory"
+        "cannot write to the event spool {path}: {source}\n\nhint: {}",
+        crate::safe_dir::write_hint(source)
     )]
     Write {
         /// The path.

@@ -224,9 +224,10 @@ impl LedgerGuard<'_> {
         self.ledger
             .dir
             .write_atomic(&self.ledger.name, &bytes)
-            .map_err(|e| HostError::Operation {
+            .map_err(|source| HostError::StateWrite {
                 op: op.to_string(),
-                detail: format!("cannot write {}: {e}", self.ledger.path().display()),
+                path: self.ledger.path(),
+                source,
             })
     }
 

@@ -51,6 +51,20 @@ pub enum HostError {
         /// Backend name.
         backend: HostBackend,
     },
+    /// The backend's own file in the state directory (its ledger, the simulated host's
+    /// state) could not be written: the environment, not the hypervisor, failed.
+    #[error(
+        "host operation `{op}` cannot write {path}: {source}\n\nhint: {}",
+        crate::safe_dir::write_hint(source)
+    )]
+    StateWrite {
+        /// What was attempted.
+        op: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// An operation failed.
     #[error("host operation `{op}` failed: {detail}")]
     Operation {

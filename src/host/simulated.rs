@@ -268,7 +268,11 @@ impl SimulatedHost {
             let bytes = serde_json::to_vec_pretty(&node).expect("simulated node serializes");
             self.dir
                 .write_atomic(STATE_FILE, &bytes)
-                .map_err(|e| op_error(op, format!("cannot write {}: {e}", self.path.display())))?;
+                .map_err(|source| HostError::StateWrite {
+                    op: op.to_string(),
+                    path: self.path.clone(),
+                    source,
+                })?;
         }
         drop(lock);
         out

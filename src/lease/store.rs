@@ -33,10 +33,22 @@ pub enum StoreError {
     },
     /// A record could not be written (disk full, read-only file system...).
     #[error(
-        "cannot write lease record {path}: {source}\n\nhint: free space in the state directory; vmpilot will not act without a durable record"
+        "cannot write lease record {path}: {source} (vmpilot will not act without a durable record)\n\nhint: {}",
+        crate::safe_dir::write_hint(source)
     )]
     Write {
         /// The record path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The state directory does not take a write (`check-config`'s probe).
+    #[error(
+        "state directory {path} does not take a write: {source}\n\nhint: {}",
+        crate::safe_dir::write_hint(source)
+    )]
+    NotWritable {
+        /// The directory.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
