@@ -33,8 +33,11 @@ pub fn bin() -> &'static str {
 }
 
 /// Path of another workspace member's binary (`vmpilot-coordinator`, `vmpilot-libvirt`):
-/// cargo names only this package's own binaries to its tests, and builds the others, beside
-/// `vmpilot`, when the workspace is tested (`cargo test --workspace`, the one test command).
+/// cargo names only this package's own binaries to its tests. It builds the others, beside
+/// `vmpilot`, when the workspace is tested (`cargo test --workspace`, the one test command),
+/// because their crates have integration tests of their own (`crates/*/tests/binary.rs`):
+/// cargo builds a package's binaries for its integration tests, and builds everything before
+/// it runs any test.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let path = std::path::Path::new(bin())
         .parent()

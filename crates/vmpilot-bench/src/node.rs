@@ -260,6 +260,27 @@ impl Proc {
         Some(kb / 1024.0)
     }
 
+    /// Memory now from `/proc/PID/smaps_rollup`, MiB: resident, proportional (shared pages
+    /// split among the processes that map them) and private (this process's alone). PSS is
+    /// what a node pays per pilot; private is what one more pilot adds.
+    pub fn memory_mib(&self) -> Option<Memory> {
+        let text = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid)).ok()?;
+        let kb = |key: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(Memory {
+            rss: kb("Rss:")? / 1024.0,
+            pss: kb("Pss:")? / 1024.0,
+            private: (kb("Private_Clean:")? + kb("Private_Dirty:")?) / 1024.0,
+        })
+    }
+
     /// Context switches per live thread (voluntary + involuntary), by thread id: every
     /// wake-up of a sleeping thread is one.
     pub fn switches(&self) -> HashMap<i32, u64> {
@@ -311,4 +332,15 @@ pub fn wakeups(before: &HashMap<i32, u64>, after: &HashMap<i32, u64>) -> u64 {
         .iter()
         .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
         .sum()
+}
+
+/// A process's memory at one moment (see [`Proc::memory_mib`]), MiB.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Memory {
+    /// Resident set.
+    pub rss: f64,
+    /// Proportional set size.
+    pub pss: f64,
+    /// Private clean + private dirty.
+    pub private: f64,
 }

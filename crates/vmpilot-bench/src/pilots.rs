@@ -164,6 +164,10 @@ pub fn claim_release(
 #[derive(Debug, Default, Clone, Copy)]
 struct Footprint {
     peak_rss_mib: Option<f64>,
+    /// PSS at the end of the hold.
+    pss_mib: Option<f64>,
+    /// Private memory at the end of the hold.
+    private_mib: Option<f64>,
     /// CPU over the hold, percent of one core.
     cpu_pct: Option<f64>,
     /// CPU from start to the end of the hold, ms.
@@ -213,8 +217,11 @@ pub fn footprint(
     let mut results: Vec<(bool, Footprint)> = Vec::new();
     for ((_, p, is_pilot), (cpu0, sw0)) in procs.iter().zip(&start) {
         let cpu1 = p.cpu();
+        let memory = p.memory_mib();
         let f = Footprint {
             peak_rss_mib: p.peak_rss_mib(),
+            pss_mib: memory.map(|m| m.pss),
+            private_mib: memory.map(|m| m.private),
             cpu_pct: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => {
                     Some(100.0 * (b.saturating_sub(*a)).as_secs_f64() / held.as_secs_f64())
@@ -262,6 +269,26 @@ pub fn footprint(
         baseline: pick(false, |f| f.peak_rss_mib),
         goal: Some("≤ 8 MiB".into()),
         note: lease_note.clone(),
+    });
+    figures.push(Figure {
+        group: "footprint".into(),
+        name: "PSS at the end of the hold (smaps_rollup)".into(),
+        unit: "MiB".into(),
+        value: pick(true, |f| f.pss_mib),
+        baseline_name: base_name.into(),
+        baseline: pick(false, |f| f.pss_mib),
+        goal: None,
+        note: "shared pages split among the processes mapping them".into(),
+    });
+    figures.push(Figure {
+        group: "footprint".into(),
+        name: "private memory at the end of the hold".into(),
+        unit: "MiB".into(),
+        value: pick(true, |f| f.private_mib),
+        baseline_name: base_name.into(),
+        baseline: pick(false, |f| f.private_mib),
+        goal: Some("≤ 4 MiB".into()),
+        note: "Private_Clean + Private_Dirty: what one more pilot costs".into(),
     });
     figures.push(Figure {
         group: "footprint".into(),
