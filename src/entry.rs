@@ -56,9 +56,12 @@ fn exec_libvirt_binary() -> String {
         Ok(path) => path,
         Err(why) => return why,
     };
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut args = std::env::args_os();
+    // The command line stays the one the user (or batch script) wrote: `ps` and clap's
+    // messages show `vmpilot run ...`; /proc/PID/exe names the helper.
+    let arg0 = args.next().unwrap_or_else(|| OsString::from("vmpilot"));
     let err = std::process::Command::new(&helper)
-        .arg0(LIBVIRT_BINARY)
+        .arg0(arg0)
         .args(args)
         .exec();
     format!(

@@ -15,7 +15,7 @@ fn it_is_the_vmpilot_command() {
         format!("vmpilot {}", env!("CARGO_PKG_VERSION"))
     );
     let out = Command::new(BIN).args(["run", "--help"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: vmpilot run"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: vmpilot-libvirt run"));
 }
 
 /// With libvirt linked in, an unreachable libvirtd is an environment error (exit 3) with a
@@ -40,6 +40,9 @@ fn it_opens_libvirt_itself() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("not reachable") && err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("not reachable") && err.contains("hint:"),
+        "{err}"
+    );
     assert!(!err.contains("not linked"), "{err}");
 }
