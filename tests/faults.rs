@@ -10,7 +10,7 @@
 //!   127.0.0.1, tests/common/coordinator.rs) got each durable event exactly once.
 //!
 //! The disk tests mount tiny tmpfs file systems and so need root; the clock test needs
-//! libfaketime (Debian `faketime`, installed by `.ci/run`). Both say why when they skip.
+//! libfaketime (Debian `faketime`, installed by `scripts/test`). Both say why when they skip.
 
 mod common;
 

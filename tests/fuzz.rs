@@ -3,7 +3,7 @@
 //! overflow, hang (> 10 s per input) or out-of-memory fails the test with the log's tail.
 //!
 //! It needs cargo-fuzz and builds the targets with coverage instrumentation (minutes when
-//! cold), so it runs only when `VMPILOT_IT` contains `fuzz` (CI does; `.ci/run` installs
+//! cold), so it runs only when `VMPILOT_IT` contains `fuzz` (CI does; `scripts/test` installs
 //! cargo-fuzz and builds the targets while the test bed comes up). `FUZZ_SECONDS` (default
 //! 30 per target) and `FUZZ_SANITIZER` (default `none` here) tune it; long runs and their
 //! figures are in docs/testing.md.

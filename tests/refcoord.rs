@@ -1305,7 +1305,7 @@ fn chromium() -> Option<PathBuf> {
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "chromium is not installed; .ci/run must `apt-get install -y chromium`"
+            "chromium is not installed; scripts/test installs it (`apt-get install -y chromium`)"
         );
         eprintln!("skipped: chromium is not installed (apt-get install -y chromium)");
     }
