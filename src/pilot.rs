@@ -22,6 +22,7 @@ use crate::coordinator::report;
 use crate::crashpoint::{self, Point};
 use crate::deadline;
 use crate::exit::{EnvironmentError, ExitStatus, UsageError};
+use crate::host::bounded::bounded;
 use crate::host::{HostError, LeaseShare};
 use crate::kill_request::{self, Fenced, KillRequest};
 use crate::lease::record::{LeaseId, LeaseRecord, RECORD_VERSION};
@@ -802,51 +803,43 @@ async fn watch_budget(
     // A guest may have started between the `reserved` event and the watch.
     let _ = notify.send(());
     let h = host.clone();
-    let watching = tokio::task::spawn_blocking(move || h.watch_guests(notify));
-    let _watch = match tokio::time::timeout(BUDGET_CALL_LIMIT, watching).await {
-        Ok(Ok(Ok(Some(w)))) => OffRuntime(Some(w)),
-        Ok(Ok(Ok(None))) => {
+    let watching = bounded("watch guests", BUDGET_CALL_LIMIT, move || {
+        h.watch_guests(notify)
+    });
+    let _watch = match watching.await {
+        Ok(Some(w)) => OffRuntime(Some(w)),
+        Ok(None) => {
             tracing::debug!(lease = %share.lease_id, "this host backend has no guest events; the budget is checked once");
             OffRuntime(None)
         }
-        Ok(Ok(Err(e))) => {
-            tracing::warn!(lease = %share.lease_id, error = %e, "cannot watch the lease's guests; the budget is checked once");
-            OffRuntime(None)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(lease = %share.lease_id, error = %e, "starting the guest watch panicked");
-            OffRuntime(None)
-        }
-        Err(_) => {
+        Err(HostError::Timeout { .. }) => {
             tracing::warn!(lease = %share.lease_id, after = ?BUDGET_CALL_LIMIT, "starting the guest watch hangs; the budget is not watched");
             return;
+        }
+        Err(e) => {
+            tracing::warn!(lease = %share.lease_id, error = %e, "cannot watch the lease's guests; the budget is checked once");
+            OffRuntime(None)
         }
     };
     let mut last: Option<crate::host::budget::Violation> = None;
     while changes.recv().await.is_some() {
         while changes.try_recv().is_ok() {}
         let (h, s, b, st) = (host.clone(), share.clone(), baseline.clone(), stop.clone());
-        let checking = tokio::task::spawn_blocking(move || {
+        let checking = bounded("check the budget", BUDGET_CALL_LIMIT, move || {
             crate::host::budget::enforce(h.as_ref(), &s, b.as_ref(), policy, exclusive, &st)
         });
-        match tokio::time::timeout(BUDGET_CALL_LIMIT, checking).await {
+        match checking.await {
             // Reported once: a lease that stays over budget is not reported at every event.
-            Ok(Ok(Ok(Some(v)))) if last.as_ref() != Some(&v) => {
+            Ok(Some(v)) if last.as_ref() != Some(&v) => {
                 last = Some(v.clone());
                 if found.send(v).await.is_err() {
                     return;
                 }
             }
-            Ok(Ok(Ok(Some(_)))) => {}
-            Ok(Ok(Ok(None))) => last = None,
-            Ok(Ok(Err(e))) => {
+            Ok(Some(_)) => {}
+            Ok(None) => last = None,
+            Err(e) => {
                 tracing::warn!(lease = %share.lease_id, error = %e, "cannot check the lease's guests against its budget")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(lease = %share.lease_id, error = %e, "the budget check panicked")
-            }
-            Err(_) => {
-                tracing::warn!(lease = %share.lease_id, after = ?BUDGET_CALL_LIMIT, "the budget check did not finish in time")
             }
         }
     }

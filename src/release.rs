@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::crashpoint::{self, Point};
+use crate::host::bounded::bounded;
 use crate::host::{Host, HostError, owned_by, unreserve};
 use crate::lease::record::{GuestFate, LeaseRecord};
 use crate::lease::store::{Store, StoreError};
@@ -34,26 +35,6 @@ pub struct Releaser {
     pub store: Store,
     /// The hypervisor.
     pub host: Arc<dyn Host>,
-}
-
-/// Run a blocking host call off the runtime, bounded by `limit`.
-pub async fn bounded<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> Result<T, HostError> + Send + 'static,
-) -> Result<T, HostError> {
-    let handle = tokio::task::spawn_blocking(f);
-    match tokio::time::timeout(limit, handle).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(HostError::Operation {
-            op: what.to_string(),
-            detail: format!("host call panicked: {join}"),
-        }),
-        Err(_) => Err(HostError::Timeout {
-            op: what.to_string(),
-            after: limit,
-        }),
-    }
 }
 
 impl Releaser {
@@ -136,30 +117,20 @@ impl Releaser {
                 .max(Duration::from_millis(500));
             let (host, policy) = (self.host.clone(), self.config.host.on_unreserve);
             let force = force.clone();
-            let stopping = tokio::task::spawn_blocking(move || {
-                unreserve::stop_guests(host.as_ref(), mine, policy, guest_budget, &force)
-            });
             // stop_guests keeps to its budget, but a destroy that started in time is waited
-            // for: only a hypervisor that hangs runs past the overrun.
+            // for: only a hypervisor that hangs runs past the overrun. A panic while stopping
+            // guests says nothing about them: they may run.
             let limit = guest_budget + unreserve::DESTROY_OVERRUN;
-            let fates = match tokio::time::timeout(limit, stopping).await {
-                Ok(Ok(fates)) => fates,
-                // A panic while stopping guests says nothing about them: they may run.
-                Ok(Err(failed)) => {
-                    return Err(HostError::Operation {
-                        op: "stop guests".into(),
-                        detail: format!(
-                            "the task stopping the lease's guests failed ({failed}); they may still run and the host is not restored"
-                        ),
-                    });
-                }
-                Err(_) => {
-                    return Err(HostError::Timeout {
-                        op: "stop guests".into(),
-                        after: limit,
-                    });
-                }
-            };
+            let fates = bounded("stop guests", limit, move || {
+                Ok(unreserve::stop_guests(
+                    host.as_ref(),
+                    mine,
+                    policy,
+                    guest_budget,
+                    &force,
+                ))
+            })
+            .await?;
             record.guests = merge_fates(&record.guests, fates);
             // The fates are evidence; keep them even if the restore below fails.
             let _ = self.store.save(record);

@@ -10,6 +10,7 @@
 //! stand-in that behaves like the real ones (ownership, unreserve policies, failures on
 //! demand); `libvirt` and `xen` are real hypervisors.
 
+pub mod bounded;
 pub mod budget;
 pub mod ledger;
 pub mod simulated;
