@@ -15,6 +15,7 @@ pub mod entry;
 pub mod exit;
 pub mod fsutil;
 pub mod host;
+pub mod kill_all;
 pub mod kill_request;
 pub mod lease;
 pub mod lrm;
