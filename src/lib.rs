@@ -5,6 +5,7 @@
 //! finishes leases whose pilot is gone, and both end leases through `release`. `host`
 //! abstracts the hypervisor, `coordinator` the cloud service's callbacks.
 
+pub mod admission;
 pub mod cli;
 pub mod commands;
 pub mod config;
