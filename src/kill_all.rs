@@ -18,7 +18,7 @@ use crate::lease::LeaseState;
 use crate::lease::record::LeaseId;
 use crate::lease::store::Store;
 use crate::process::ProcessIdentity;
-use crate::recovery::{self, Outcome, Scope, Trigger};
+use crate::recovery::{self, Outcome, Scope, Skip, Trigger};
 use crate::release::Releaser;
 
 /// What a kill-all did on the node.
@@ -167,14 +167,14 @@ async fn fenced_kill(
                 pilot.pid
             );
         } else if let Some(from) = signalled.get(&id)
-            && o.note == "skipped: already finished"
+            && o.skipped == Some(Skip::AlreadyFinished)
         {
             o.from = Some(*from);
             o.note = "its pilot was signalled and ended the lease itself".into();
         }
     }
     // Finished before kill-all began: not part of what it did.
-    outcomes.retain(|o| o.note != "skipped: already finished");
+    outcomes.retain(|o| o.skipped != Some(Skip::AlreadyFinished));
     Ok(NodeKill::Done {
         outcomes,
         survivors: survivors.len(),

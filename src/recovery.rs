@@ -63,6 +63,27 @@ pub struct Outcome {
     /// another finisher past the bound, or its pilot outlived a kill-all.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unfinished: bool,
+    /// Why it was left alone, when it was (what callers branch on; `note` is for people).
+    #[serde(skip)]
+    pub skipped: Option<Skip>,
+}
+
+/// Why recovery left a lease alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The lease had already ended before this run looked at it.
+    AlreadyFinished,
+    /// Its pilot still runs and finishes the lease itself.
+    PilotRunning,
+}
+
+impl Skip {
+    fn note(self) -> &'static str {
+        match self {
+            Skip::AlreadyFinished => "skipped: already finished",
+            Skip::PilotRunning => "skipped: pilot still running",
+        }
+    }
 }
 
 impl Outcome {
@@ -73,6 +94,7 @@ impl Outcome {
             to: Some(record.state),
             note: note.into(),
             unfinished: false,
+            skipped: None,
         }
     }
 
@@ -110,6 +132,7 @@ pub fn plan(store: &Store, scope: &Scope) -> anyhow::Result<Vec<Planned>> {
                     to: None,
                     note: e.to_string(),
                     unfinished: false,
+                    skipped: None,
                 }));
                 continue;
             }
@@ -219,14 +242,16 @@ async fn claim(
                 to: None,
                 note: e.to_string(),
                 unfinished: false,
+                skipped: None,
             });
         }
     };
     let planned = match decide(store, fresh, scope) {
         // It was due when planned: someone finished it while this process waited.
-        Planned::Known(o) if o.note == "skipped: already finished" => Planned::Known(Outcome {
+        Planned::Known(o) if o.skipped == Some(Skip::AlreadyFinished) => Planned::Known(Outcome {
             from: Some(record.state),
             note: "finished by another process meanwhile".into(),
+            skipped: None,
             ..o
         }),
         other => other,
@@ -359,16 +384,19 @@ fn same_job(recorded: Option<&str>, asked: &str) -> bool {
 }
 
 fn skip_reason(store: &Store, record: &LeaseRecord, scope: &Scope) -> Option<Outcome> {
-    let note = if record.is_finished() {
-        "already finished"
+    let skip = if record.is_finished() {
+        Skip::AlreadyFinished
     } else if !scope.boot && store.pilot_is_running(record) {
         // A live pilot finishes its own lease, and its own report: a second one from here
         // would reach the coordinator as a different event. kill-all signals it instead.
-        "pilot still running"
+        Skip::PilotRunning
     } else {
         return None;
     };
-    Some(Outcome::known(record, format!("skipped: {note}")))
+    Some(Outcome {
+        skipped: Some(skip),
+        ..Outcome::known(record, skip.note())
+    })
 }
 
 async fn recover_one(
@@ -421,6 +449,7 @@ async fn recover_one(
                 .unwrap_or_else(|| "not restored".into()),
         },
         unfinished: false,
+        skipped: None,
     })
 }
 
