@@ -94,13 +94,7 @@ impl ExitStatus {
                 return ExitStatus::Environment;
             }
             if let Some(h) = cause.downcast_ref::<HostError>() {
-                return match h {
-                    HostError::Admission { .. } => ExitStatus::Usage,
-                    HostError::Unreachable { .. }
-                    | HostError::Unsupported { .. }
-                    | HostError::StateWrite { .. } => ExitStatus::Environment,
-                    _ => ExitStatus::HostFailure,
-                };
+                return host_status(h);
             }
             if cause.is::<UsageError>() {
                 return ExitStatus::Usage;
@@ -109,7 +103,35 @@ impl ExitStatus {
                 return ExitStatus::Environment;
             }
         }
+        // No typed error: an OS error that is the machine's state, not a bug (a full or
+        // read-only disk, a denied permission), is still the environment.
+        let environment = err.chain().any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                use std::io::ErrorKind::*;
+                matches!(
+                    e.kind(),
+                    StorageFull | QuotaExceeded | ReadOnlyFilesystem | PermissionDenied
+                )
+            })
+        });
+        if environment {
+            return ExitStatus::Environment;
+        }
         ExitStatus::Internal
+    }
+}
+
+/// A host error's status. Exhaustive on purpose: a new kind of host failure does not compile
+/// until someone decides what an admin reading `sacct` should make of it.
+fn host_status(error: &HostError) -> ExitStatus {
+    match error {
+        HostError::Admission { .. } => ExitStatus::Usage,
+        HostError::Unreachable { .. }
+        | HostError::Unsupported { .. }
+        | HostError::StateWrite { .. } => ExitStatus::Environment,
+        HostError::Operation { .. } | HostError::Timeout { .. } | HostError::NoSuchGuest(_) => {
+            ExitStatus::HostFailure
+        }
     }
 }
 
@@ -171,6 +193,9 @@ mod tests {
             path: "/x".into(),
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         });
+        assert_eq!(ExitStatus::from_error(&e), ExitStatus::Environment);
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem))
+            .context("writing something");
         assert_eq!(ExitStatus::from_error(&e), ExitStatus::Environment);
         assert_eq!(
             ExitStatus::from_error(&anyhow::anyhow!("??")),
