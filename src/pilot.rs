@@ -503,7 +503,7 @@ impl Pilot {
     /// lease is marked failed rather than pretending the node is clean.
     async fn rollback_hung(
         &mut self,
-        reserving: tokio::task::JoinHandle<Result<serde_json::Value, HostError>>,
+        reserving: tokio::task::JoinHandle<Result<crate::host::Baseline, HostError>>,
         lock: crate::lease::store::NodeLock,
         after: Duration,
     ) -> anyhow::Result<ExitStatus> {
@@ -794,7 +794,7 @@ impl Drop for OffRuntime {
 async fn watch_budget(
     host: Arc<dyn crate::host::Host>,
     share: LeaseShare,
-    baseline: Option<serde_json::Value>,
+    baseline: Option<crate::host::Baseline>,
     (policy, exclusive): (crate::config::OverBudgetPolicy, bool),
     stop: Arc<AtomicBool>,
     found: mpsc::Sender<crate::host::budget::Violation>,

@@ -1082,8 +1082,11 @@ fn the_real_hugepage_pool_grows_for_a_lease_and_is_restored_exactly() {
             max_guests: 1,
         })
         .unwrap();
-    assert_eq!(baseline["hugepages"]["before"], before, "{baseline}");
-    assert_eq!(baseline["hugepages"]["added"], 32, "{baseline}");
+    let vmpilot::host::Baseline::Libvirt(libvirt) = &baseline else {
+        panic!("a libvirt reservation's baseline: {baseline:?}");
+    };
+    let pool = libvirt.hugepages.as_ref().expect("hugepages are on");
+    assert_eq!((pool.before, pool.added), (before, 32), "{baseline:?}");
     assert_eq!(real_pool(), before + 32, "64 MiB = 32 pages of 2 MiB");
     assert_eq!(
         meminfo_hugepages(),

@@ -230,6 +230,56 @@ fn sigkill_then_recover_restores_the_node_and_recovering_twice_is_harmless() {
     assert_eq!(s["mode"], "batch");
 }
 
+/// A lease's baseline is typed: one that another backend wrote (the config's backend changed
+/// under an open lease, or the record was edited) is refused with a hint, and a baseline of
+/// no known shape makes the record unreadable. Before, the simulated and libvirt backends
+/// dropped a baseline they could not parse and released without their cross-check.
+#[test]
+fn a_baseline_of_another_backend_or_of_no_shape_is_refused_not_ignored() {
+    let node = Node::new("");
+    let pilot = node.spawn_pilot(&["--memory", "1G", "--walltime", "5m", "--lease-id", "bl"]);
+    node.wait_state("bl", "reserved");
+    pilot.signal(Signal::SIGKILL);
+    let _ = pilot.finish();
+    let path = node.record_path("bl");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let simulated = record["baseline"].clone();
+    assert!(simulated["reserved_mib_before"].is_u64(), "{record}");
+    let write = |record: &serde_json::Value| {
+        std::fs::write(&path, serde_json::to_vec_pretty(record).unwrap()).unwrap()
+    };
+    record["baseline"] = serde_json::json!({
+        "uri": "qemu:///system", "charged_mib": 1152, "cpus": 1
+    });
+    write(&record);
+    let out = node.run(&["recover"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("written by the libvirt backend"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(node.reservations(), ["bl"], "not released behind the check");
+    record["baseline"] = serde_json::json!({ "charged": "lots" });
+    write(&record);
+    let out = node.run(&["recover"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("corrupt") || stdout(&out).contains("corrupt"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(node.reservations(), ["bl"]);
+    // The record as the pilot wrote it is recovered as before.
+    record["baseline"] = simulated;
+    write(&record);
+    let out = node.run(&["recover"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.reservations().is_empty());
+}
+
 #[test]
 fn recover_leaves_a_live_pilot_alone() {
     let node = Node::new("");

@@ -34,7 +34,7 @@ pub struct Violation {
 pub fn enforce(
     host: &dyn Host,
     share: &LeaseShare,
-    baseline: Option<&serde_json::Value>,
+    baseline: Option<&crate::host::Baseline>,
     policy: OverBudgetPolicy,
     exclusive: bool,
     stop: &AtomicBool,
@@ -166,10 +166,10 @@ mod tests {
         fn capacity(&self) -> Result<Capacity, HostError> {
             panic!("budget enforcement must not call Host::capacity")
         }
-        fn reserve(&self, _: &LeaseShare) -> Result<serde_json::Value, HostError> {
+        fn reserve(&self, _: &LeaseShare) -> Result<crate::host::Baseline, HostError> {
             panic!("budget enforcement must not call Host::reserve")
         }
-        fn release(&self, _: &LeaseId, _: Option<&serde_json::Value>) -> Result<(), HostError> {
+        fn release(&self, _: &LeaseId, _: Option<&crate::host::Baseline>) -> Result<(), HostError> {
             panic!("budget enforcement must not call Host::release")
         }
         fn guests(&self) -> Result<Vec<Guest>, HostError> {
@@ -198,7 +198,7 @@ mod tests {
         fn fence(
             &self,
             _: &LeaseShare,
-            _: Option<&serde_json::Value>,
+            _: Option<&crate::host::Baseline>,
         ) -> Result<Option<String>, HostError> {
             Ok(self.unfenced.map(String::from))
         }

@@ -10,6 +10,7 @@
 //! stand-in that behaves like the real ones (ownership, unreserve policies, failures on
 //! demand); `libvirt` and `xen` are real hypervisors.
 
+pub mod baseline;
 pub mod bounded;
 pub mod budget;
 pub mod ledger;
@@ -24,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, HostBackend};
 use crate::lease::record::LeaseId;
+
+pub use baseline::Baseline;
 
 /// Host problems. Exit status: host failure (or environment, when nothing was changed).
 #[derive(Debug, thiserror::Error)]
@@ -197,14 +200,10 @@ pub trait Host: Send + Sync {
     fn capacity(&self) -> Result<Capacity, HostError>;
     /// Switch into hosting mode for `share`; returns the baseline to persist. Must change
     /// nothing when it fails.
-    fn reserve(&self, share: &LeaseShare) -> Result<serde_json::Value, HostError>;
+    fn reserve(&self, share: &LeaseShare) -> Result<Baseline, HostError>;
     /// Give back `lease`'s share and verify the host is back at `baseline`. Idempotent:
     /// releasing a lease that holds nothing succeeds.
-    fn release(
-        &self,
-        lease: &LeaseId,
-        baseline: Option<&serde_json::Value>,
-    ) -> Result<(), HostError>;
+    fn release(&self, lease: &LeaseId, baseline: Option<&Baseline>) -> Result<(), HostError>;
     /// Every guest on the host.
     fn guests(&self) -> Result<Vec<Guest>, HostError>;
     /// Ask a guest to shut down (ACPI); returns at once.
@@ -229,7 +228,7 @@ pub trait Host: Send + Sync {
     fn fence(
         &self,
         share: &LeaseShare,
-        baseline: Option<&serde_json::Value>,
+        baseline: Option<&Baseline>,
     ) -> Result<Option<String>, HostError> {
         let _ = (share, baseline);
         Ok(None)

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::baseline::{Baseline, SimulatedBaseline, wrong_backend};
 use super::ledger::budget_excess;
 use super::{Capacity, Guest, GuestOwner, GuestWatch, Host, HostError, LeaseShare};
 use crate::config::{HostBackend, SimulatedConfig};
@@ -132,15 +133,6 @@ pub struct SimNode {
     pub guests: Vec<SimGuest>,
     /// Injected failures.
     pub faults: Vec<Fault>,
-}
-
-/// The baseline a simulated reservation records: what it charged, so release can check
-/// that exactly that share comes off.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-struct SimBaseline {
-    charged_mib: u64,
-    cpus: u32,
-    reserved_mib_before: u64,
 }
 
 /// The simulated backend.
@@ -351,7 +343,7 @@ impl Host for SimulatedHost {
         })
     }
 
-    fn reserve(&self, share: &LeaseShare) -> Result<serde_json::Value, HostError> {
+    fn reserve(&self, share: &LeaseShare) -> Result<Baseline, HostError> {
         let what = format!("reserve lease {}", share.lease_id);
         self.fault(FaultOp::Reserve, &what)?;
         let (overhead, charged) = share.charged_mib(self.guest_overhead)?;
@@ -384,7 +376,7 @@ impl Host for SimulatedHost {
                     ),
                 });
             }
-            let baseline = SimBaseline {
+            let baseline = SimulatedBaseline {
                 charged_mib: charged,
                 cpus: share.cpus,
                 reserved_mib_before: n.reserved_mib(),
@@ -397,21 +389,20 @@ impl Host for SimulatedHost {
                     epoch: share.epoch,
                 },
             );
-            Ok(serde_json::to_value(baseline).expect("baseline serializes"))
+            Ok(Baseline::Simulated(baseline))
         })
     }
 
-    fn release(
-        &self,
-        lease: &LeaseId,
-        baseline: Option<&serde_json::Value>,
-    ) -> Result<(), HostError> {
+    fn release(&self, lease: &LeaseId, baseline: Option<&Baseline>) -> Result<(), HostError> {
         let what = format!("release lease {lease}");
         self.fault(FaultOp::Release, &what)?;
-        let expected: Option<SimBaseline> =
-            baseline.and_then(|b| serde_json::from_value(b.clone()).ok());
+        let expected = match baseline {
+            None => None,
+            Some(Baseline::Simulated(b)) => Some(b),
+            Some(other) => return Err(wrong_backend(&what, other, "simulated")),
+        };
         self.with_node(&what, |n| {
-            if let (Some(held), Some(exp)) = (n.reservations.get(lease), &expected)
+            if let (Some(held), Some(exp)) = (n.reservations.get(lease), expected)
                 && (held.memory_mib != exp.charged_mib || held.cpus != exp.cpus)
             {
                 {

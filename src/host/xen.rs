@@ -17,8 +17,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use super::baseline::{Baseline, XenBaseline, wrong_backend};
 use super::ledger::{Ledger, Share, budget_excess};
 use super::{Capacity, Guest, GuestOwner, Host, HostError, LeaseShare};
 use crate::config::{Config, HostBackend};
@@ -47,17 +46,6 @@ pub struct XenHost {
     save_dir: PathBuf,
     exclusive: bool,
     ledger: Ledger,
-}
-
-/// What a Xen reservation changed, persisted in the lease record.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-pub struct XenBaseline {
-    /// dom0's memory before this lease, MiB.
-    pub dom0_before_mib: u64,
-    /// How much this lease ballooned out of dom0, MiB.
-    pub lowered_by_mib: u64,
-    /// CPUs given.
-    pub cpus: u32,
 }
 
 /// One row of `xl list`.
@@ -253,7 +241,7 @@ impl Host for XenHost {
         })
     }
 
-    fn reserve(&self, share: &LeaseShare) -> Result<serde_json::Value, HostError> {
+    fn reserve(&self, share: &LeaseShare) -> Result<Baseline, HostError> {
         let op = format!("reserve lease {}", share.lease_id);
         let mut guard = self.ledger.lock(&op)?;
         if guard.state.leases.contains_key(&share.lease_id) {
@@ -313,16 +301,16 @@ impl Host for XenHost {
             lowered_by_mib: share.memory_mib,
             cpus: share.cpus,
         };
-        // Plain integers only: serializing cannot fail.
-        Ok(serde_json::to_value(baseline).expect("xen baseline serializes"))
+        Ok(Baseline::Xen(baseline))
     }
 
-    fn release(
-        &self,
-        lease: &LeaseId,
-        _baseline: Option<&serde_json::Value>,
-    ) -> Result<(), HostError> {
+    fn release(&self, lease: &LeaseId, baseline: Option<&Baseline>) -> Result<(), HostError> {
         let op = format!("release lease {lease}");
+        // dom0's memory is restored from the root-written ledger, never from the record;
+        // a record of another backend is still refused.
+        if let Some(other @ (Baseline::Libvirt(_) | Baseline::Simulated(_))) = baseline {
+            return Err(wrong_backend(&op, other, "xen"));
+        }
         let mut guard = self.ledger.lock(&op)?;
         let Some(held) = guard.state.leases.get(lease).cloned() else {
             return Ok(());

@@ -58,7 +58,7 @@ pub struct LeaseRecord {
     pub host_backend: String,
     /// The host's values before this lease changed them, as the backend recorded them;
     /// release and recovery restore exactly these.
-    pub baseline: Option<serde_json::Value>,
+    pub baseline: Option<crate::host::Baseline>,
     /// Next per-lease event sequence number.
     pub next_seq: u64,
     /// What each guest went through at unreserve.

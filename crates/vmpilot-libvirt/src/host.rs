@@ -18,12 +18,12 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use virt::domain::Domain;
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
 
 use vmpilot::config::{Config, HostBackend};
+use vmpilot::host::baseline::{Baseline, HugepageBaseline, LibvirtBaseline, wrong_backend};
 use vmpilot::host::ledger::{self, Ledger, LedgerState, Share, budget_excess};
 use vmpilot::host::{Capacity, Guest, GuestWatch, Host, HostError, LeaseShare, owned_by};
 use vmpilot::lease::record::LeaseId;
@@ -45,35 +45,6 @@ pub struct LibvirtHost {
     /// Pin the lease's guests to its cpuset and cap their memory (`[host.libvirt] fence`).
     fence: bool,
     ledger: Ledger,
-}
-
-/// What a libvirt reservation changed, persisted in the lease record.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-pub struct LibvirtBaseline {
-    /// The connection URI the lease was admitted on.
-    pub uri: String,
-    /// Memory charged (lease memory + overhead per guest), MiB.
-    pub charged_mib: u64,
-    /// CPUs given.
-    pub cpus: u32,
-    /// The hugepage pool change, when hugepages are on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hugepages: Option<HugepageBaseline>,
-    /// The CPUs the lease's guests are pinned to, when fencing is on ([`fence`]). Kept here
-    /// so every process that handles the lease (pilot, `recover`) knows it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpuset: Option<Vec<u32>>,
-}
-
-/// The hugepage pool before and after a lease grew it.
-#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
-pub struct HugepageBaseline {
-    /// The pool file, for whoever reads the record; a release uses the config's path only.
-    pub path: PathBuf,
-    /// Pages before the lease.
-    pub before: u64,
-    /// Pages the lease added.
-    pub added: u64,
 }
 
 fn op_error(op: &str, detail: impl Into<String>) -> HostError {
@@ -352,7 +323,7 @@ impl Host for LibvirtHost {
         self.capacity_with(&conn, &ledger)
     }
 
-    fn reserve(&self, share: &LeaseShare) -> Result<serde_json::Value, HostError> {
+    fn reserve(&self, share: &LeaseShare) -> Result<Baseline, HostError> {
         let op = format!("reserve lease {}", share.lease_id);
         let mut guard = self.ledger.lock(&op)?;
         if guard.state.leases.contains_key(&share.lease_id) {
@@ -420,21 +391,20 @@ impl Host for LibvirtHost {
             cpuset,
         };
         // Plain fields only: serializing cannot fail.
-        Ok(serde_json::to_value(baseline).expect("libvirt baseline serializes"))
+        Ok(Baseline::Libvirt(baseline))
     }
 
-    fn release(
-        &self,
-        lease: &LeaseId,
-        baseline: Option<&serde_json::Value>,
-    ) -> Result<(), HostError> {
+    fn release(&self, lease: &LeaseId, baseline: Option<&Baseline>) -> Result<(), HostError> {
         let op = format!("release lease {lease}");
+        let recorded = match baseline {
+            None => None,
+            Some(Baseline::Libvirt(b)) => Some(b),
+            Some(other) => return Err(wrong_backend(&op, other, "libvirt")),
+        };
         let mut guard = self.ledger.lock(&op)?;
         let Some(held) = guard.state.leases.get(lease).cloned() else {
             return Ok(());
         };
-        let recorded: Option<LibvirtBaseline> =
-            baseline.and_then(|b| serde_json::from_value(b.clone()).ok());
         if let Some(rec) = &recorded
             && (rec.charged_mib != held.charged_mib || rec.cpus != held.cpus)
         {
@@ -524,14 +494,16 @@ impl Host for LibvirtHost {
     fn fence(
         &self,
         share: &LeaseShare,
-        baseline: Option<&serde_json::Value>,
+        baseline: Option<&Baseline>,
     ) -> Result<Option<String>, HostError> {
         if !self.fence {
             return Ok(None);
         }
-        let cpuset = baseline
-            .and_then(|b| serde_json::from_value::<LibvirtBaseline>(b.clone()).ok())
-            .and_then(|b| b.cpuset);
+        let cpuset = match baseline {
+            None => None,
+            Some(Baseline::Libvirt(b)) => b.cpuset.clone(),
+            Some(other) => return Err(wrong_backend("fence guests", other, "libvirt")),
+        };
         let Some(cpuset) = cpuset else {
             // Reserved while fencing was off (the config changed under a running lease):
             // there is no cpuset to pin to.
