@@ -151,7 +151,18 @@ async fn fenced_kill(
             store: store.clone(),
             host: crate::host::open(config)?,
         };
-        recovery::execute(&releaser, &outbox, planned, &scope, &trigger, budget).await?
+        // The brake itself is not interrupted: a signal to kill-all acts as its default.
+        let interrupted = std::sync::atomic::AtomicBool::new(false);
+        recovery::execute(
+            &releaser,
+            &outbox,
+            planned,
+            &scope,
+            &trigger,
+            budget,
+            &interrupted,
+        )
+        .await?
     } else {
         recovery::known_outcomes(planned)
     };

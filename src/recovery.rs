@@ -10,7 +10,7 @@
 //! twice is harmless: finished leases are skipped.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -313,6 +313,10 @@ fn report_one(outbox: &Outbox, store: &Store, record: &mut LeaseRecord) -> Outco
 }
 
 /// Carry out a plan, each lease under its lock. Never stops at the first failure.
+///
+/// Once `interrupted` is set (a signal to `recover`), the lease being finished is finished
+/// (its own bound holds), and no further lease is started: each is reported as left
+/// unfinished, for the next `recover` (its record is untouched).
 pub async fn execute(
     releaser: &Releaser,
     outbox: &Arc<Outbox>,
@@ -320,6 +324,7 @@ pub async fn execute(
     scope: &Scope,
     trigger: &Trigger,
     budget: Duration,
+    interrupted: &AtomicBool,
 ) -> anyhow::Result<Vec<Outcome>> {
     let wait = budget + crate::host::unreserve::DESTROY_OVERRUN + LOCK_WAIT_SLACK;
     let mut outcomes = Vec::new();
@@ -331,6 +336,16 @@ pub async fn execute(
             }
             Planned::Finish(r) | Planned::Report(r) => r,
         };
+        if interrupted.load(Ordering::SeqCst) {
+            outcomes.push(Outcome {
+                unfinished: true,
+                ..Outcome::known(
+                    &record,
+                    "not started: interrupted by a signal; run `vmpilot recover` again",
+                )
+            });
+            continue;
+        }
         let claimed = match claim(&releaser.store, &record, scope, trigger, wait).await {
             Ok(c) => c,
             Err(o) => {
@@ -357,19 +372,6 @@ pub fn known_outcomes(plan: Vec<Planned>) -> Vec<Outcome> {
             Planned::Finish(_) | Planned::Report(_) => None,
         })
         .collect()
-}
-
-/// Recover (or kill) every lease in `scope`: [`plan`] then [`execute`].
-pub async fn recover_all(
-    releaser: &Releaser,
-    outbox: &Arc<Outbox>,
-    scope: &Scope,
-    trigger: &Trigger,
-    budget: Duration,
-) -> anyhow::Result<Vec<Outcome>> {
-    let planned = plan(&releaser.store, scope)?;
-    let planned = finish_reports(outbox, &releaser.store, planned, scope, trigger).await;
-    execute(releaser, outbox, planned, scope, trigger, budget).await
 }
 
 /// PBS epilogues pass `123.server` while a PBS-on-Slurm shim may record `123`: compare the

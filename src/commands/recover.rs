@@ -1,7 +1,11 @@
 //! `vmpilot recover`: finish every lease whose pilot is gone and restore the node. What
 //! the batch epilog (`--job`) and the boot-time unit (`--boot`) run.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use crate::cli::RecoverArgs;
 use crate::config::Overrides;
@@ -26,6 +30,7 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
         return Ok(ExitStatus::Success);
     }
     init_logging(&config);
+    let interrupted = interrupt_flag()?;
     let store = Store::open(&config.state_dir)?;
     let scope = Scope {
         job: args.job,
@@ -43,7 +48,16 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
             store,
             host,
         };
-        recovery::execute(&releaser, &outbox, planned, &scope, &trigger, budget).await?
+        recovery::execute(
+            &releaser,
+            &outbox,
+            planned,
+            &scope,
+            &trigger,
+            budget,
+            &interrupted,
+        )
+        .await?
     } else {
         recovery::known_outcomes(planned)
     };
@@ -51,7 +65,27 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
     outbox.flush(Duration::from_secs(10)).await;
     print!("{}", recovery::summary_table(&outcomes));
     if outcomes.iter().any(|o| o.is_failure()) {
-        return Ok(ExitStatus::HostFailure);
+        return Ok(if interrupted.load(Ordering::SeqCst) {
+            ExitStatus::SignalNotRestored
+        } else {
+            ExitStatus::HostFailure
+        });
     }
     Ok(ExitStatus::Success)
+}
+
+/// SIGTERM, SIGINT or SIGHUP (systemd stopping the boot unit, an admin's Ctrl-C) lets
+/// `recover` finish the lease it is on and start no other; a second one ends it at once
+/// (exit 1). Every lease step is persisted before it acts, so either way the next `recover`
+/// takes over where this one stopped.
+fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT, SIGHUP] {
+        // In this order: the second signal finds the flag set and exits.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .context("cannot install recover's signal handlers")?;
+    }
+    Ok(flag)
 }
