@@ -19,7 +19,6 @@ use crate::lease::record::LeaseId;
 use crate::lease::store::Store;
 use crate::process::ProcessIdentity;
 use crate::recovery::{self, Outcome, Scope, Skip, Trigger};
-use crate::release::Releaser;
 
 /// What a kill-all did on the node.
 #[derive(Debug)]
@@ -143,29 +142,18 @@ async fn fenced_kill(
         job: None,
         boot: false,
     };
-    let planned = recovery::plan(store, &scope)?;
-    let planned = recovery::finish_reports(&outbox, store, planned, &scope, &trigger).await;
-    let mut outcomes = if recovery::needs_host(&planned) {
-        let releaser = Releaser {
-            config: config.clone(),
-            store: store.clone(),
-            host: crate::host::open(config)?,
-        };
-        // The brake itself is not interrupted: a signal to kill-all acts as its default.
-        let interrupted = std::sync::atomic::AtomicBool::new(false);
-        recovery::execute(
-            &releaser,
-            &outbox,
-            planned,
-            &scope,
-            &trigger,
-            budget,
-            &interrupted,
-        )
-        .await?
-    } else {
-        recovery::known_outcomes(planned)
-    };
+    // The brake itself is not interrupted: a signal to kill-all acts as its default.
+    let interrupted = std::sync::atomic::AtomicBool::new(false);
+    let mut outcomes = recovery::finish_all(
+        config,
+        store,
+        &outbox,
+        &scope,
+        &trigger,
+        budget,
+        &interrupted,
+    )
+    .await?;
     outbox.flush(Duration::from_secs(5)).await;
     for o in &mut outcomes {
         let Ok(id) = o.lease.parse::<LeaseId>() else {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::coordinator::event::EventBody;
 use crate::coordinator::outbox::Outbox;
 use crate::coordinator::report;
@@ -362,6 +363,40 @@ pub async fn execute(
         });
     }
     Ok(outcomes)
+}
+
+/// Everything `recover` and `kill-all` do with the records in `scope`: [`plan`], report what
+/// a crash left unreported, then [`execute`] what needs the host, opening it only then (an
+/// epilog on a node with nothing to finish never needs the hypervisor).
+pub async fn finish_all(
+    config: &Config,
+    store: &Store,
+    outbox: &Arc<Outbox>,
+    scope: &Scope,
+    trigger: &Trigger,
+    budget: Duration,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Vec<Outcome>> {
+    let planned = plan(store, scope)?;
+    let planned = finish_reports(outbox, store, planned, scope, trigger).await;
+    if !needs_host(&planned) {
+        return Ok(known_outcomes(planned));
+    }
+    let releaser = Releaser {
+        config: config.clone(),
+        store: store.clone(),
+        host: crate::host::open(config)?,
+    };
+    execute(
+        &releaser,
+        outbox,
+        planned,
+        scope,
+        trigger,
+        budget,
+        interrupted,
+    )
+    .await
 }
 
 /// The outcomes of a plan that needs no host work.

@@ -13,7 +13,6 @@ use crate::coordinator::outbox::Outbox;
 use crate::exit::ExitStatus;
 use crate::lease::store::Store;
 use crate::recovery::{self, Scope, Trigger};
-use crate::release::Releaser;
 
 use super::{Globals, init_logging};
 
@@ -37,30 +36,18 @@ pub async fn recover(globals: &Globals, args: RecoverArgs) -> anyhow::Result<Exi
         boot: args.boot,
     };
     let trigger = Trigger::PilotLost;
-    let planned = recovery::plan(&store, &scope)?;
     let outbox = Outbox::open(&config)?;
-    let planned = recovery::finish_reports(&outbox, &store, planned, &scope, &trigger).await;
-    let outcomes = if recovery::needs_host(&planned) {
-        let host = crate::host::open(&config)?;
-        let budget = config.lease.grace.get();
-        let releaser = Releaser {
-            config,
-            store,
-            host,
-        };
-        recovery::execute(
-            &releaser,
-            &outbox,
-            planned,
-            &scope,
-            &trigger,
-            budget,
-            &interrupted,
-        )
-        .await?
-    } else {
-        recovery::known_outcomes(planned)
-    };
+    let budget = config.lease.grace.get();
+    let outcomes = recovery::finish_all(
+        &config,
+        &store,
+        &outbox,
+        &scope,
+        &trigger,
+        budget,
+        &interrupted,
+    )
+    .await?;
     // Deliver what this and earlier runs left in the spool; bounded, the rest waits.
     outbox.flush(Duration::from_secs(10)).await;
     print!("{}", recovery::summary_table(&outcomes));
